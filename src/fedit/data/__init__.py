@@ -1,0 +1,43 @@
+"""Data: loading and validation of instruction records, client partitioners, partition statistics."""
+
+from fedit.data.loading import (
+    DOLLY_ENV,
+    HUB,
+    Example,
+    LoadReport,
+    load_examples,
+    load_source,
+    parse_record,
+    resolve_data_path,
+)
+from fedit.data.partition import (
+    PARTITIONERS,
+    DirichletPartitioner,
+    FilePartitioner,
+    IidPartitioner,
+    Partitioner,
+    ShardPartitioner,
+    make_partitioner,
+)
+from fedit.data.stats import partition_stats, plot_partition, write_partition
+
+__all__ = [
+    "DOLLY_ENV",
+    "HUB",
+    "PARTITIONERS",
+    "DirichletPartitioner",
+    "Example",
+    "FilePartitioner",
+    "IidPartitioner",
+    "LoadReport",
+    "Partitioner",
+    "ShardPartitioner",
+    "load_examples",
+    "load_source",
+    "make_partitioner",
+    "parse_record",
+    "partition_stats",
+    "plot_partition",
+    "resolve_data_path",
+    "write_partition",
+]

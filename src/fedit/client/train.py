@@ -1,0 +1,126 @@
+"""The client update: global adapter + the client's records -> new adapter, n_examples, metrics.
+
+The base model stays resident; only the LoRA parameters are overwritten with the global
+adapter before training and read out after. Everything random in a client's round (data
+order, LoRA dropout) derives from (seed, round, client id), so the simulation and the Flower
+ClientApp produce the same update for the same client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedit.client.batching import collate, loss_token_count, plan_steps
+from fedit.config import TrainConfig
+from fedit.data.prompts import IGNORE_INDEX, TokenizedExample
+from fedit.model import AdapterState, autocast, get_adapter_state, set_adapter_state
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends back: the adapter, its weight for aggregation, and metrics."""
+
+    client_id: int
+    state: AdapterState
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def client_seed(seed: int, round_idx: int, client_id: int) -> int:
+    """A 63-bit seed that depends only on (seed, round, client)."""
+    return int(np.random.SeedSequence([seed, round_idx, client_id]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def response_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token cross-entropy over labelled positions (fp32 on the selected rows only)."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    return F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum")
+
+
+class LocalTrainer:
+    """Trains the LoRA parameters of one resident PEFT model for one client at a time."""
+
+    def __init__(self, model: torch.nn.Module, *, device: torch.device,
+                 autocast_dtype: torch.dtype | None, pad_id: int) -> None:
+        self.model = model
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.pad_id = pad_id
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def fit(self, global_state: AdapterState, examples: Sequence[TokenizedExample], cfg: TrainConfig,
+            *, seed: int, round_idx: int, client_id: int, proximal_mu: float = 0.0,
+            on_step: StepCallback | None = None) -> ClientUpdate:
+        """Run one local round and return the client's update."""
+        start = time.perf_counter()
+        set_adapter_state(self.model, global_state)
+        cseed = client_seed(seed, round_idx, client_id)
+        plan = plan_steps([len(e.input_ids) for e in examples], batch_size=cfg.batch_size,
+                          micro_batch_size=cfg.micro_batch_size, epochs=cfg.local_epochs,
+                          steps=cfg.local_steps, rng=np.random.default_rng(cseed))
+        anchor = [p.detach().clone() for p in self.params] if proximal_mu > 0 else None
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        stats = {"loss_sum": 0.0, "tokens": 0, "padded_tokens": 0, "compute_s": 0.0}
+        self.model.train()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cseed)
+            for step_idx, step in enumerate(plan):
+                loss = self._step(step, examples, optimizer, cfg, anchor, proximal_mu, stats)
+                if on_step is not None:
+                    on_step(step_idx + 1, len(plan), loss)
+        self.model.eval()
+        optimizer.zero_grad(set_to_none=True)
+        state = get_adapter_state(self.model)
+        tokens = stats["tokens"]
+        metrics = {
+            "train_loss": stats["loss_sum"] / tokens if tokens else float("nan"),
+            "steps": len(plan),
+            "tokens": tokens,
+            "padded_tokens": stats["padded_tokens"],
+            "seconds": time.perf_counter() - start,
+            "compute_seconds": stats["compute_s"],
+        }
+        return ClientUpdate(client_id, state, len(examples), metrics)
+
+    def _step(self, step: list[list[int]], examples: Sequence[TokenizedExample], optimizer,
+              cfg: TrainConfig, anchor: list[torch.Tensor] | None, mu: float, stats: dict) -> float:
+        micro = [[examples[i] for i in mb] for mb in step]
+        denom = max(1, sum(loss_token_count(mb) for mb in micro))
+        step_loss = 0.0
+        for mb in micro:
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in collate(mb, self.pad_id).items()}
+            t0 = time.perf_counter()
+            with autocast(self.device, self.autocast_dtype):
+                logits = self.model(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"]).logits
+            loss_sum = response_loss_sum(logits, batch["labels"])
+            (loss_sum / denom).backward()
+            step_loss += loss_sum.item()
+            stats["compute_s"] += time.perf_counter() - t0
+            stats["padded_tokens"] += batch["input_ids"].numel()
+        t0 = time.perf_counter()
+        if anchor is not None:  # FedProx: gradient of mu/2 * ||w - w_global||^2
+            with torch.no_grad():
+                for p, p0 in zip(self.params, anchor):
+                    p.grad.add_(p.detach() - p0, alpha=mu)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        stats["compute_s"] += time.perf_counter() - t0
+        stats["loss_sum"] += step_loss
+        stats["tokens"] += denom
+        return step_loss / denom

@@ -1,0 +1,259 @@
+"""Load instruction-tuning records from JSON / JSONL files, folders, or the ``dolly`` alias.
+
+Records come in Dolly form (``instruction``, ``context``, ``response``, ``category``) or Alpaca
+form (``instruction``, ``input``, ``output``, optional ``category``), detected per record, and
+become :class:`Example`. Every problem raises :class:`~fedit.errors.DataError` with one line
+naming the file and the record, so users can fix their data without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from fedit.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+DOLLY_ENV = "FEDIT_DOLLY_DIR"  # folder laid out like shepherd_10clients (local_training_*.json, global_test.json)
+DOLLY_HUB_ID = "databricks/databricks-dolly-15k"
+DOLLY_TEST_PER_CATEGORY = 10  # held-out records per category when the hub copy is used (as Shepherd does)
+DOLLY_TEST_SEED = 42
+DEFAULT_CATEGORY = "uncategorized"
+HUB: Literal["hub"] = "hub"
+_ALIASES = {"dolly": "train", "dolly:train": "train", "dolly:test": "test"}
+_DOLLY_PATTERNS = {"train": "local_training_*.json", "test": "global_test.json"}
+_SUFFIXES = (".json", ".jsonl")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction-tuning record; ``source`` (its file name) is kept for the ``files``
+    partitioner but is not part of equality, so duplicates across files are still duplicates."""
+
+    instruction: str
+    context: str
+    response: str
+    category: str
+    source: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict[str, str]:
+        """The record in Dolly form (the format partition files are written in)."""
+        return {"instruction": self.instruction, "context": self.context,
+                "response": self.response, "category": self.category}
+
+
+@dataclass
+class LoadReport:
+    """What loading read and dropped, for the run log and the run's metadata."""
+
+    files: list[str]
+    n_records: int
+    n_duplicates: int
+    n_empty_response: int
+    n_kept: int
+
+    def summary(self) -> str:
+        """One line for the log."""
+        return (f"{self.n_kept} examples from {len(self.files)} file(s) ({self.n_records} records read, "
+                f"{self.n_duplicates} duplicates and {self.n_empty_response} empty responses dropped)")
+
+
+def natural_sort_key(name: str) -> tuple[Any, ...]:
+    """Sort key that puts ``local_training_2`` before ``local_training_10``."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def _type_name(value: Any) -> str:
+    names = {type(None): "null", dict: "object", list: "array"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _field(record: Mapping[str, Any], names: tuple[str, ...], where: str, *, required: bool) -> str | None:
+    """The first present field of ``names`` (None values count as absent unless required)."""
+    for name in names:
+        if name not in record or (record[name] is None and not required):
+            continue
+        value = record[name]
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field {name!r} must be a string, got {_type_name(value)}")
+        return value
+    if required:
+        raise DataError(f"{where}: missing field {' or '.join(repr(n) for n in names)}")
+    return None
+
+
+def parse_record(record: Any, where: str, source: str = "") -> Example:
+    """Validate one raw record (Dolly or Alpaca form) and turn it into an :class:`Example`.
+
+    ``where`` prefixes error messages, e.g. ``data/x.jsonl: record 7 (line 7)``.
+    """
+    if not isinstance(record, Mapping):
+        raise DataError(f"{where}: expected a JSON object, got {_type_name(record)}")
+    instruction = _field(record, ("instruction",), where, required=True)
+    response = _field(record, ("response", "output"), where, required=True)
+    context = _field(record, ("context", "input"), where, required=False) or ""
+    category = _field(record, ("category",), where, required=False) or DEFAULT_CATEGORY
+    return Example(instruction, context, response, category, source=source)  # type: ignore[arg-type]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror})") from None
+
+
+def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(where, raw record)`` for each record of a .json array or a .jsonl file."""
+    text = _read_text(path)
+    if path.suffix.lower() == ".jsonl":
+        number = 0
+        for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may be in strings
+            if not line.strip():
+                continue
+            number += 1
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {lineno}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+            yield f"{path}: record {number} (line {lineno})", record
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = "; JSON Lines files must be named .jsonl" if exc.msg == "Extra data" else ""
+        raise DataError(f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg}){hint}") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of records, got {_type_name(data)}")
+    for index, record in enumerate(data):
+        yield f"{path}: record {index + 1} (index {index})", record
+
+
+def _files_at(path: Path) -> list[Path]:
+    """The data files a path names: the file itself, or the .json/.jsonl files directly in a folder."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        entries = list(path.iterdir())
+        if not entries:
+            raise DataError(f"{path}: folder is empty")
+        files = [p for p in entries if p.is_file() and p.suffix.lower() in _SUFFIXES and not p.name.startswith(".")]
+        if not files:
+            raise DataError(f"{path}: no .json or .jsonl files in folder")
+        return sorted(files, key=lambda p: natural_sort_key(p.name))
+    if path.suffix.lower() not in _SUFFIXES:
+        raise DataError(f"{path}: expected a .json or .jsonl file, or a folder of them")
+    return [path]
+
+
+def _filter(examples: Iterable[Example], files: list[str], label: str, *, dedupe: bool,
+            exclude: frozenset[Example] = frozenset()) -> tuple[list[Example], LoadReport]:
+    """Drop empty responses and (if ``dedupe``) exact duplicates, keeping order; ``exclude``
+    counts as already seen (keeps held-out records out of training)."""
+    kept: list[Example] = []
+    seen: set[Example] = set()
+    n_records = n_duplicates = n_empty = 0
+    for example in examples:
+        n_records += 1
+        if not example.response.strip():
+            n_empty += 1
+        elif example in exclude or (dedupe and example in seen):
+            n_duplicates += 1
+        else:
+            seen.add(example)
+            kept.append(example)
+    report = LoadReport(files, n_records, n_duplicates, n_empty, len(kept))
+    if not kept:
+        raise DataError(f"{label}: no usable records ({report.summary()})")
+    logger.info("%s: %s", label, report.summary())
+    return kept, report
+
+
+def _load_files(files: list[Path], label: str, *, dedupe: bool) -> tuple[list[Example], LoadReport]:
+    examples = (parse_record(record, where, source=path.name)
+                for path in files for where, record in _read_records(path))
+    return _filter(examples, [str(p) for p in files], label, dedupe=dedupe)
+
+
+def load_examples(path: str | os.PathLike[str], *, dedupe: bool = True) -> tuple[list[Example], LoadReport]:
+    """Load a .json (array) or .jsonl file, or every such file directly inside a folder (sorted
+    by name), dropping empty responses and exact duplicates. ``source`` is each file's name."""
+    return _load_files(_files_at(Path(path).expanduser()), str(path), dedupe=dedupe)
+
+
+def _dolly_files(root: Path, split: str) -> list[Path]:
+    pattern = _DOLLY_PATTERNS[split]
+    if not root.is_dir():
+        raise DataError(f"{DOLLY_ENV}={root}: no such folder")
+    files = sorted(root.glob(pattern), key=lambda p: natural_sort_key(p.name))
+    if not files:
+        raise DataError(f"{DOLLY_ENV}={root}: no {pattern} in folder "
+                        "(expected local_training_*.json for training and global_test.json for test)")
+    return files
+
+
+def resolve_data_path(spec: str) -> list[Path] | Literal["hub"]:
+    """The files a data spec names, or :data:`HUB` when it is a dolly alias with no local copy.
+
+    Aliases: ``dolly`` (training files only, so the test split never leaks into training) and
+    ``dolly:test``, read from ``$FEDIT_DOLLY_DIR``. Anything else is a file or folder path
+    (to load a local folder literally named ``dolly``, pass ``./dolly``).
+    """
+    split = _ALIASES.get(spec.strip().lower())
+    if split is None:
+        if spec.lower().startswith("dolly:") and not Path(spec).exists():
+            raise DataError(f"{spec}: unknown dolly split; choose one of {', '.join(_ALIASES)}")
+        return _files_at(Path(spec).expanduser())
+    root = os.environ.get(DOLLY_ENV)
+    return _dolly_files(Path(root).expanduser(), split) if root else HUB
+
+
+def _held_out(categories: Sequence[str], per_category: int, seed: int) -> set[int]:
+    """Indices of ``per_category`` random records of each category (Shepherd's test split)."""
+    rng = np.random.default_rng(seed)
+    held: set[int] = set()
+    for category in sorted(set(categories)):
+        indices = [i for i, c in enumerate(categories) if c == category]
+        held.update(int(i) for i in rng.choice(indices, size=min(per_category, len(indices)), replace=False))
+    return held
+
+
+def _load_dolly_hub(split: str, *, dedupe: bool) -> tuple[list[Example], LoadReport]:
+    """databricks-dolly-15k from the hub, split into train / held-out test (10 per category)."""
+    try:
+        import datasets  # optional extra `fedit[data]`; imported here so fedit works without it
+
+        rows = datasets.load_dataset(DOLLY_HUB_ID, split="train")
+    except Exception as exc:  # offline, missing package, hub errors: all mean "use a local copy"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise DataError(f"dolly: the Hugging Face hub is unreachable ({reason}); set {DOLLY_ENV} to a "
+                        "local copy (local_training_*.json + global_test.json) or pass a data path") from None
+    where = f"hf://datasets/{DOLLY_HUB_ID}"
+    examples = [parse_record(row, f"{where}: record {i + 1} (index {i})", source=DOLLY_HUB_ID)
+                for i, row in enumerate(rows)]
+    held = _held_out([e.category for e in examples], DOLLY_TEST_PER_CATEGORY, DOLLY_TEST_SEED)
+    test = [e for i, e in enumerate(examples) if i in held]
+    if split == "test":
+        return _filter(test, [where], "dolly:test", dedupe=dedupe)
+    train = (e for i, e in enumerate(examples) if i not in held)
+    logger.info("dolly from the hub has a single source: the 'files' partitioner gives one client")
+    return _filter(train, [where], "dolly", dedupe=dedupe, exclude=frozenset(test))
+
+
+def load_source(spec: str, *, dedupe: bool = True) -> tuple[list[Example], LoadReport]:
+    """Load a data spec: ``dolly``, ``dolly:test``, or a file/folder path (see :func:`resolve_data_path`)."""
+    files = resolve_data_path(spec)
+    if files == HUB:
+        return _load_dolly_hub(_ALIASES[spec.strip().lower()], dedupe=dedupe)
+    return _load_files(files, spec, dedupe=dedupe)

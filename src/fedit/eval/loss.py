@@ -1,0 +1,61 @@
+"""Held-out evaluation: response-token loss and perplexity, overall and per category."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fedit.client.batching import collate
+from fedit.data.prompts import IGNORE_INDEX, TokenizedExample
+from fedit.model import autocast
+
+
+def _summary(loss_sum: float, tokens: int, examples: int) -> dict[str, float]:
+    loss = loss_sum / tokens if tokens else float("nan")
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)) if tokens else float("nan"),
+            "tokens": tokens, "examples": examples}
+
+
+@torch.no_grad()
+def per_example_losses(model: torch.nn.Module, examples: Sequence[TokenizedExample], *,
+                       device: torch.device, autocast_dtype: torch.dtype | None, pad_id: int,
+                       batch_size: int = 8) -> list[tuple[float, int]]:
+    """(sum of response-token losses, number of response tokens) for every example, in order."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        with autocast(device, autocast_dtype):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]
+        keep = targets != IGNORE_INDEX
+        tok_loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0),
+                                   reduction="none") * keep
+        for row, i in enumerate(idx):
+            out[i] = (tok_loss[row].sum().item(), int(keep[row].sum().item()))
+    model.train(was_training)
+    return out
+
+
+def evaluate_loss(model: torch.nn.Module, examples: Sequence[TokenizedExample], *,
+                  device: torch.device, autocast_dtype: torch.dtype | None, pad_id: int,
+                  batch_size: int = 8) -> dict[str, Any]:
+    """Token-weighted response loss and perplexity: ``overall`` and ``per_category``."""
+    losses = per_example_losses(model, examples, device=device, autocast_dtype=autocast_dtype,
+                                pad_id=pad_id, batch_size=batch_size)
+    by_cat: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
+    for ex, (loss_sum, tokens) in zip(examples, losses):
+        acc = by_cat[ex.category]
+        acc[0] += loss_sum
+        acc[1] += tokens
+        acc[2] += 1
+    total = [sum(v[i] for v in by_cat.values()) for i in range(3)]
+    return {"overall": _summary(*total),
+            "per_category": {c: _summary(*by_cat[c]) for c in sorted(by_cat)}}

@@ -1,0 +1,119 @@
+"""Set-up shared by every runner (simulation, Flower ServerApp/ClientApp, experiments):
+the resident model with its LoRA adapter, the clients' data and the central evaluator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fedit.client import LocalTrainer
+from fedit.config import Config, DataConfig
+from fedit.data import Example, load_source, make_partitioner
+from fedit.data.prompts import TokenizedExample, tokenize_examples
+from fedit.eval import evaluate_loss
+from fedit.model import AdapterState, BaseModel, add_lora, get_adapter_state, load_base_model, set_adapter_state
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Workbench:
+    """The base model loaded once, wrapped with LoRA, and a trainer bound to it."""
+
+    base: BaseModel
+    model: Any                      # peft.PeftModel
+    trainer: LocalTrainer
+    initial_state: AdapterState     # the seeded LoRA init: round 0's global adapter
+
+    @property
+    def tokenizer(self):
+        return self.base.tokenizer
+
+    def tokenize(self, examples: Sequence[Example], data: DataConfig,
+                 train_on_prompt: bool | None = None) -> list[TokenizedExample]:
+        on_prompt = data.train_on_prompt if train_on_prompt is None else train_on_prompt
+        toks, _ = tokenize_examples(self.tokenizer, examples, template=data.template,
+                                    max_len=data.max_len, train_on_prompt=on_prompt)
+        return toks
+
+    def evaluate(self, state: AdapterState, test: Sequence[TokenizedExample], batch_size: int) -> dict:
+        set_adapter_state(self.model, state)
+        return evaluate_loss(self.model, test, device=self.base.device,
+                             autocast_dtype=self.base.autocast_dtype,
+                             pad_id=self.tokenizer.pad_token_id, batch_size=batch_size)
+
+
+def build_workbench(cfg: Config) -> Workbench:
+    base = load_base_model(cfg.model.model, cfg.model.device, cfg.model.precision)
+    lora = cfg.lora
+    model = add_lora(base.model, r=lora.lora_r, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
+                     targets=lora.lora_targets, seed=cfg.federation.seed)
+    trainer = LocalTrainer(model, device=base.device, autocast_dtype=base.autocast_dtype,
+                           pad_id=base.tokenizer.pad_token_id)
+    n_train = sum(p.numel() for p in trainer.params)
+    logger.info("model %s on %s (%s): %d LoRA parameters", cfg.model.model, base.device,
+                base.autocast_dtype or "fp32", n_train)
+    return Workbench(base, model, trainer, get_adapter_state(model))
+
+
+def subsample(examples: list[Example], limit: int | None, rng: np.random.Generator) -> list[Example]:
+    """At most ``limit`` records, drawn without replacement, original order kept."""
+    if limit is None or len(examples) <= limit:
+        return examples
+    keep = sorted(rng.choice(len(examples), size=limit, replace=False).tolist())
+    return [examples[i] for i in keep]
+
+
+def load_clients(cfg: Config) -> list[list[Example]]:
+    """The training records, partitioned over clients as the config says."""
+    data = cfg.data
+    examples, report = load_source(data.data)
+    logger.info("training data %s: %s", data.data, report.summary())
+    partitioner = make_partitioner(data.partition, num_partitions=data.num_clients,
+                                   seed=cfg.federation.seed, alpha=data.alpha,
+                                   min_partition_size=data.min_client_size,
+                                   shards_per_client=data.shards_per_client)
+    parts = partitioner.partition(examples)
+    rng = np.random.default_rng([cfg.federation.seed, 1])
+    clients = [subsample([examples[i] for i in part], data.max_client_records, rng) for part in parts]
+    logger.info("%d clients (%s partition), %d to %d records each", len(clients), data.partition,
+                min(map(len, clients)), max(map(len, clients)))
+    return clients
+
+
+def load_test(cfg: Config) -> list[Example]:
+    """The held-out records of central evaluation (empty without --test-data)."""
+    if cfg.data.test_data is None:
+        return []
+    examples, report = load_source(cfg.data.test_data)
+    logger.info("test data %s: %s", cfg.data.test_data, report.summary())
+    return subsample(examples, cfg.data.max_test_records, np.random.default_rng([cfg.federation.seed, 2]))
+
+
+def round_summary(record: dict[str, Any], rounds: int) -> str:
+    """The one log line a round ends with."""
+    parts = [f"round {record['round']}/{rounds}"]
+    if record.get("clients") is not None:
+        parts.append(f"clients {record['clients']}")
+    if "train_loss" in record:
+        parts.append(f"train loss {record['train_loss']:.4f}")
+    ev = record.get("eval", {}).get("overall")
+    if ev:
+        parts.append(f"eval loss {ev['loss']:.4f} ppl {ev['perplexity']:.2f}")
+    if "lora_gap_mean" in record:
+        parts.append(f"lora gap {record['lora_gap_mean']:.3g}")
+    if record.get("dropped"):
+        parts.append(f"dropped {len(record['dropped'])}")
+    if "seconds" in record:
+        parts.append(f"{record['seconds']:.1f} s")
+    return " | ".join(parts)
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,84 @@
+"""The run directory every runner writes: config.yaml, metrics.jsonl, checkpoints/, final/.
+
+It owns the rules that keep earlier work safe: a fresh run never overwrites another run's
+directory, and ``--resume`` continues only a run made with the same settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedit.config import Config, dump_config, flag
+from fedit.errors import CheckpointError, ConfigError
+from fedit.runners.checkpoint import (Checkpoint, MetricsLog, atomic_write_text, latest_checkpoint,
+                                      load_checkpoint, save_checkpoint)
+
+logger = logging.getLogger(__name__)
+
+# Settings a resumed run may change: they do not alter what was already computed.
+RESUMABLE_CHANGES = {("federation", "rounds"), ("federation", "keep_checkpoints")}
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.metrics = MetricsLog(self.path / "metrics.jsonl")
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.path / "final"
+
+    def saved_config(self) -> Config | None:
+        if not self.config_file.exists():
+            return None
+        return Config.from_dict(yaml.safe_load(self.config_file.read_text()), str(self.config_file))
+
+    def prepare(self, cfg: Config, resume: bool) -> Checkpoint | None:
+        """Create (or reopen with --resume) the directory; the checkpoint to continue from, if any."""
+        saved = self.saved_config()
+        if saved is None:
+            if self.path.exists() and any(self.path.iterdir()):
+                raise ConfigError(f"--out: {self.path} exists, is not empty and holds no fedit run "
+                                  "(no config.yaml); choose another --out")
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.config_file, dump_config(cfg))
+            return None
+        if not resume:
+            raise ConfigError(f"--out: {self.path} already holds a run; pass --resume to continue it "
+                              "or choose another --out")
+        check_resumable(saved, cfg, self.config_file)
+        atomic_write_text(self.config_file, dump_config(cfg))
+        ckpt_path = latest_checkpoint(self.path)
+        if ckpt_path is None:
+            logger.info("no complete round in %s yet: starting from round 1", self.path)
+            self.metrics.truncate_after(0)
+            return None
+        ckpt = load_checkpoint(ckpt_path)
+        self.metrics.truncate_after(ckpt.round)
+        logger.info("resuming %s after round %d", self.path, ckpt.round)
+        return ckpt
+
+    def checkpoint(self, ckpt: Checkpoint, keep: int) -> None:
+        save_checkpoint(self.path, ckpt, keep)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.metrics.write(record)
+
+
+def check_resumable(saved: Config, cfg: Config, origin: Path) -> None:
+    """Refuse to resume with settings that differ from the ones the run was made with."""
+    old, new = saved.to_dict(), cfg.to_dict()
+    for section, values in old.items():
+        for key, value in values.items():
+            if (section, key) in RESUMABLE_CHANGES or new[section][key] == value:
+                continue
+            raise CheckpointError(f"--resume: {origin} was made with {flag(key)} {value!r}, "
+                                  f"not {new[section][key]!r}; drop the flag or choose another --out")
