@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -20,6 +21,9 @@ from fedit.config import SECTIONS, Config, flag, load_config, preset_names
 from fedit.errors import FeditError
 
 logger = logging.getLogger("fedit")
+
+# Modules that add a subcommand: each has add_parser(subparsers, add_config_flags, config_from_args).
+COMMAND_MODULES = ("fedit.experiment.cli", "fedit.runners.flower.cli")
 
 EPILOG = ("Data: --data dolly reads $FEDIT_DOLLY_DIR (a folder of Shepherd-style Dolly files) or, "
           "failing that, the Hugging Face hub. Models: smollm2-135m-instruct (default, shipped as "
@@ -161,6 +165,9 @@ def build_parser() -> Parser:
     gen.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (default 128)")
     add_config_flags(gen, ["model", "device", "precision", "template"])
     gen.set_defaults(func=cmd_generate)
+
+    for module in COMMAND_MODULES:  # commands that live beside their library code
+        importlib.import_module(module).add_parser(sub, add_config_flags, config_from_args)
     return parser
 
 

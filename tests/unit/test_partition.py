@@ -188,9 +188,12 @@ def test_write_partition_files_roundtrip(tmp_path: Path) -> None:
     parts = ShardPartitioner(2, shards_per_client=1, seed=0).split(examples)
     out = tmp_path / "run" / "partition"
     stats = write_partition(parts, out)
-    assert sorted(p.name for p in out.iterdir()) == ["categories.png", "client_000.json", "client_001.json", "stats.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["categories.png", "clients", "stats.json"]
+    assert sorted(p.name for p in (out / "clients").iterdir()) == ["client_000.json", "client_001.json"]
     assert json.loads((out / "stats.json").read_text()) == stats == partition_stats(parts)
     assert (out / "categories.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    reloaded, _ = load_examples(out / "client_001.json")
+    reloaded, _ = load_examples(out / "clients" / "client_001.json")
     assert reloaded == parts[1]
-    assert set(json.loads((out / "client_000.json").read_text())[0]) == {"instruction", "context", "response", "category"}
+    folder, _ = load_examples(out / "clients")  # the folder is a valid --data for --partition files
+    assert sorted({e.source for e in folder}) == ["client_000.json", "client_001.json"]
+    assert set(json.loads((out / "clients" / "client_000.json").read_text())[0]) == {"instruction", "context", "response", "category"}

@@ -92,13 +92,14 @@ def _palette(n: int) -> list[Any]:
 
 
 def write_partition(parts: Sequence[Sequence[Example]], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write ``client_{i:03d}.json`` (Dolly form, loadable by ``load_examples``), ``stats.json`` and
-    ``categories.png`` into ``out_dir`` (created if needed); return the stats."""
+    """Write ``clients/client_{i:03d}.json`` (Dolly form), ``stats.json`` and ``categories.png``
+    into ``out_dir`` (created if needed); return the stats. The ``clients`` folder alone is a
+    valid ``--data`` for ``--partition files`` (one client per file)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "clients").mkdir(parents=True, exist_ok=True)
     for index, part in enumerate(parts):
         lines = ",\n".join(json.dumps(example.to_dict(), ensure_ascii=False) for example in part)
-        _write_text(out / f"client_{index:03d}.json", f"[\n{lines}\n]\n" if lines else "[]\n")
+        _write_text(out / "clients" / f"client_{index:03d}.json", f"[\n{lines}\n]\n" if lines else "[]\n")
     stats = partition_stats(parts)
     _write_text(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     plot_partition(stats, out / "categories.png")

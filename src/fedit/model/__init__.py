@@ -1,0 +1,33 @@
+"""Base models and LoRA adapters: resolve and load a base model, wrap it with LoRA, and move
+adapter weights in and out of it (the wire format between server and clients)."""
+
+from fedit.model.load import BaseModel, autocast, load_base_model, resolve_device, resolve_precision
+from fedit.model.lora import (
+    AdapterState,
+    add_lora,
+    check_adapter_state,
+    get_adapter_state,
+    load_adapter_state,
+    save_adapter,
+    set_adapter_state,
+)
+from fedit.model.resolve import DEFAULT_MODEL, TINY_RANDOM, cache_dir, resolve_model
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "TINY_RANDOM",
+    "AdapterState",
+    "BaseModel",
+    "add_lora",
+    "autocast",
+    "cache_dir",
+    "check_adapter_state",
+    "get_adapter_state",
+    "load_adapter_state",
+    "load_base_model",
+    "resolve_device",
+    "resolve_model",
+    "resolve_precision",
+    "save_adapter",
+    "set_adapter_state",
+]

@@ -69,6 +69,13 @@ def subsample(examples: list[Example], limit: int | None, rng: np.random.Generat
     return [examples[i] for i in keep]
 
 
+def client_subsample(examples: list[Example], cfg: Config, client_id: int) -> list[Example]:
+    """--max-client-records applied to one client; depends only on (seed, client id), so a
+    Flower node holding that client's file draws the same subset as the simulation."""
+    rng = np.random.default_rng([cfg.federation.seed, 1, client_id])
+    return subsample(examples, cfg.data.max_client_records, rng)
+
+
 def load_clients(cfg: Config) -> list[list[Example]]:
     """The training records, partitioned over clients as the config says."""
     data = cfg.data
@@ -79,8 +86,7 @@ def load_clients(cfg: Config) -> list[list[Example]]:
                                    min_partition_size=data.min_client_size,
                                    shards_per_client=data.shards_per_client)
     parts = partitioner.partition(examples)
-    rng = np.random.default_rng([cfg.federation.seed, 1])
-    clients = [subsample([examples[i] for i in part], data.max_client_records, rng) for part in parts]
+    clients = [client_subsample([examples[i] for i in part], cfg, cid) for cid, part in enumerate(parts)]
     logger.info("%d clients (%s partition), %d to %d records each", len(clients), data.partition,
                 min(map(len, clients)), max(map(len, clients)))
     return clients
