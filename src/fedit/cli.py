@@ -197,7 +197,10 @@ def setup_logging(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a flag argparse rejected (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     debug = args.debug or os.environ.get("FEDIT_DEBUG") == "1"
     setup_logging(args.quiet)
     try:

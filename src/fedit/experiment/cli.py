@@ -1,5 +1,92 @@
-"""Placeholder: the subcommand of this package is being written (registers nothing yet)."""
+"""``fedit experiment``: the paper's comparison (base, local-only, centralized, FedIT) as one command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from fedit.config import load_config, preset_names
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRESET = "cpu-small"
+DESCRIPTION = ("Train and evaluate base, local-only (--local-baselines K), centralized and federated "
+               "(FedIT) systems on the same partition, seed and held-out data; write results.json, "
+               "report.md and report.html to --out. Rerunning on the same --out reuses finished systems.")
+
+
+def _count_or_all(text: str) -> int | None:
+    return None if text.lower() in ("all", "0") else int(text)
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def add_parser(subparsers, add_config_flags, config_from_args) -> None:
-    return None
+    p = subparsers.add_parser("experiment", help="compare base, local-only, centralized and FedIT; write a report",
+                              description=DESCRIPTION)
+    p.add_argument("--config", help=f"preset ({', '.join(preset_names())}; default {DEFAULT_PRESET}) or a YAML "
+                                    "file; flags override it")
+    p.add_argument("--out", required=True, help="experiment directory (systems/, results.json, report.*)")
+    g = p.add_argument_group("experiment options")
+    g.add_argument("--local-baselines", type=int, default=3, metavar="K",
+                   help="clients tuned on their own data only, chosen for different category mixes (default 3)")
+    g.add_argument("--local-budget", choices=("every-round", "expected"), default="every-round",
+                   help="local-only steps: R x S_k (every-round, default) or R x m/N x S_k (expected)")
+    g.add_argument("--systems", type=_names, default=None, metavar="LIST",
+                   help="comma list of systems to run now: base, local (all), local-1.., centralized, fedit "
+                        "(default all)")
+    g.add_argument("--gen-records", type=_count_or_all, default=24, metavar="N",
+                   help="test records answered greedily per system, stratified by category (all = every one; "
+                        "default 24)")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
+    g.add_argument("--em-categories", type=_names, default=["classification"], metavar="LIST",
+                   help="categories scored with exact match (default classification)")
+    g.add_argument("--examples", type=int, default=3, help="example responses in the report (default 3)")
+    j = p.add_argument_group("LLM judge (optional; an OpenAI-compatible chat-completions endpoint)")
+    j.add_argument("--judge-url", help="base URL, e.g. https://api.openai.com/v1 (enables the judge)")
+    j.add_argument("--judge-model", help="judge model name, e.g. gpt-4o")
+    j.add_argument("--judge-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (default OPENAI_API_KEY)")
+    j.add_argument("--judge-questions", default="dolly",
+                   help="dolly (the generated test records) or a .jsonl of questions, e.g. Vicuna-80's "
+                        "question.jsonl")
+    j.add_argument("--judge-max-questions", type=int, default=None, metavar="N", help="judge at most N questions")
+    j.add_argument("--judge-repeats", type=int, default=3, help="verdicts per question and order (default 3)")
+    j.add_argument("--judge-temperature", type=float, default=0.7, help="judge sampling temperature (default 0.7)")
+    j.add_argument("--judge-retries", type=int, default=4, help="retries of a failed verdict (default 4)")
+    add_config_flags(p)
+    p.set_defaults(func=lambda args: cmd_experiment(args, config_from_args))
+
+
+def settings_from_args(args: argparse.Namespace):
+    from fedit.errors import ConfigError
+    from fedit.experiment.settings import SYSTEM_KINDS, ExperimentSettings, JudgeSettings
+
+    judge = None
+    if args.judge_url or args.judge_model:
+        if not (args.judge_url and args.judge_model):
+            raise ConfigError("--judge-url: the judge needs both --judge-url and --judge-model")
+        judge = JudgeSettings(url=args.judge_url, model=args.judge_model, key_env=args.judge_key_env,
+                              questions=args.judge_questions, max_questions=args.judge_max_questions,
+                              repeats=args.judge_repeats, temperature=args.judge_temperature,
+                              retries=args.judge_retries)
+    return ExperimentSettings(local_baselines=args.local_baselines, local_budget=args.local_budget,
+                              systems=args.systems or list(SYSTEM_KINDS), gen_records=args.gen_records,
+                              max_new_tokens=args.max_new_tokens, em_categories=args.em_categories,
+                              examples=args.examples, judge=judge)
+
+
+def cmd_experiment(args: argparse.Namespace, config_from_args) -> int:
+    from fedit.cli import _progress
+    from fedit.experiment.runner import run_experiment
+
+    settings = settings_from_args(args)
+    cfg = config_from_args(args, load_config(args.config or DEFAULT_PRESET))
+    logger.info("resolved config:\n%s", json.dumps(cfg.to_dict(), indent=None))
+    with _progress() as progress:
+        summary = run_experiment(cfg, settings, args.out, progress=progress)
+    print(json.dumps(summary, indent=2, default=float))
+    return 0

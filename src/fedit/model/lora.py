@@ -181,7 +181,10 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def load_adapter_state(path: str | Path) -> AdapterState:
-    """Read the adapter weights of a PEFT adapter folder (or its ``.safetensors`` file)."""
+    """Read the adapter weights of a PEFT adapter folder (or its ``.safetensors`` file).
+
+    Keys come back sorted (safetensors order), not in model order; match them by name.
+    """
     path = Path(path).expanduser()
     file = path / ADAPTER_WEIGHTS if path.is_dir() else path
     if not file.is_file():

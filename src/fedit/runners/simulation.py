@@ -40,8 +40,9 @@ class Simulation:
     """setup() -> run_round() for each round -> finish(); ``run()`` does all three."""
 
     def __init__(self, cfg: Config, out: str | Path, *, resume: bool = False,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, bench: Workbench | None = None) -> None:
         self.cfg = cfg
+        self._bench = bench  # a resident model to reuse (experiments); built in setup() when None
         self.run_dir = RunDir(Path(out))
         self.resume = resume
         self.progress = progress or Progress()
@@ -53,7 +54,7 @@ class Simulation:
         self.clients = load_clients(cfg)
         self.test = load_test(cfg)
         self._write_partition_stats()
-        self.bench: Workbench = build_workbench(cfg)
+        self.bench: Workbench = self._bench if self._bench is not None else build_workbench(cfg)
         self.test_tok = self.bench.tokenize(self.test, cfg.data, train_on_prompt=False)
         self.strategy = make_strategy(cfg.federation.strategy, cfg.federation, cfg.train,
                                       len(self.clients), evaluate_fn=self._evaluate)

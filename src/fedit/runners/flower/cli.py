@@ -1,5 +1,282 @@
-"""Placeholder: the subcommand of this package is being written (registers nothing yet)."""
+"""``fedit deploy ...``: the Flower deployment path of fedit (see docs/flower.md).
+
+  local          SuperLink + one SuperNode per --node-data file on loopback, run, stop all
+  superlink      start a SuperLink (TLS, SuperNode authentication) in the foreground
+  supernode      start a SuperNode serving one data file (--data)
+  keygen         make a SuperNode key pair (EC P-384, OpenSSH format)
+  register-node  register a SuperNode's public key with a SuperLink
+  tls            make a throw-away CA and server certificate (tests, trials)
+  app            write the Flower app folder + run config, for `flwr run` by hand
+  submit         submit a fedit run to a SuperLink and stream its log
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from fedit.errors import FeditError
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers, add_config_flags, config_from_args) -> None:
-    return None
+    deploy = subparsers.add_parser("deploy", help="run fedit on Flower (SuperLink/SuperNodes)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = deploy.add_subparsers(dest="deploy_command", required=True, parser_class=type(deploy))
+    _local(sub, add_config_flags, config_from_args)
+    _superlink(sub)
+    _supernode(sub)
+    _keygen(sub)
+    _register(sub)
+    _tls(sub)
+    _app(sub, add_config_flags, config_from_args)
+    _submit(sub, add_config_flags, config_from_args)
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.flwr_home or os.environ.get("FLWR_HOME") or "flwr-home").expanduser().resolve()
+
+
+def _add_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--flwr-home", help="FLWR_HOME of this process: Flower's state, apps and logs "
+                                       "(default: $FLWR_HOME, else ./flwr-home)")
+
+
+def _add_server_flags(p: argparse.ArgumentParser, required_out: bool = True) -> None:
+    p.add_argument("--config", help="preset or YAML file (default cpu-demo); flags override it")
+    p.add_argument("--out", required=required_out, help="run directory, written by the ServerApp on the "
+                                                        "SuperLink's machine")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--min-nodes", type=int, default=1, help="valid updates a round needs; fewer stops the "
+                                                            "run (resumable) (default 1)")
+    p.add_argument("--round-timeout", type=float, default=0.0, help="seconds a round waits for replies "
+                                                                     "(default 0: until every node answers)")
+
+
+def _connection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--superlink", required=True, help="SuperLink address HOST:PORT")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--root-certificates", help="CA certificate (PEM) that signed the SuperLink's certificate")
+    g.add_argument("--insecure", action="store_true", help="no TLS (loopback trials only)")
+    _add_home(p)
+
+
+# ---- local -------------------------------------------------------------------------------------
+def _local(sub, add_config_flags, config_from_args) -> None:
+    p = sub.add_parser("local", help="a whole federation on loopback: demos and tests")
+    _add_server_flags(p)
+    p.add_argument("--node-data", nargs="+", required=True, type=Path, metavar="FILE",
+                   help="one SuperNode per file (client index = position)")
+    p.add_argument("--tls", action="store_true", help="TLS with a throw-away CA and server certificate")
+    p.add_argument("--auth", action="store_true", help="SuperNode authentication (node keys registered; "
+                                                       "needs --tls)")
+    p.add_argument("--work-dir", type=Path, help="Flower state, certificates, keys, process logs "
+                                                 "(default: OUT.flower next to --out)")
+    add_config_flags(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from fedit.runners.flower.local import LocalOptions, deploy_local
+
+        cfg = config_from_args(args)
+        opts = LocalOptions(node_data=args.node_data, tls=args.tls, auth=args.auth, min_nodes=args.min_nodes,
+                            resume=args.resume, work_dir=args.work_dir, round_timeout=args.round_timeout)
+        result = deploy_local(cfg, Path(args.out), opts, echo=_echo)
+        print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
+                          "work_dir": str(result.work_dir)}))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _echo(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+# ---- long-running processes --------------------------------------------------------------------
+def _foreground(name: str, argv: list[str], home: Path, print_only: bool) -> int:
+    """Run a Flower process in the foreground; Ctrl-C/SIGTERM stop it (and only it) by PID."""
+    from fedit.runners.flower.launch import shell
+    from fedit.runners.flower.processes import flower_env
+
+    env = flower_env(home)
+    if print_only:
+        print(f"FLWR_HOME={home} FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 {shell(argv)}")
+        return 0
+    logger.info("%s: %s (FLWR_HOME=%s)", name, shell(argv), home)
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if proc.poll() is None:
+            import signal
+
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _superlink(sub) -> None:
+    p = sub.add_parser("superlink", help="start a SuperLink (server) in the foreground")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=9093, help="port of the Fleet/Control/Runtime API (default 9093)")
+    p.add_argument("--ssl-certfile", help="server certificate (PEM)")
+    p.add_argument("--ssl-keyfile", help="server private key (PEM)")
+    p.add_argument("--ssl-ca-certfile", help="CA certificate that signed it (PEM)")
+    p.add_argument("--insecure", action="store_true", help="no TLS (trials only; --auth needs TLS)")
+    p.add_argument("--auth", action="store_true", help="accept only registered SuperNodes")
+    p.add_argument("--database", help="SuperLink state file (default: in memory)")
+    p.add_argument("--print-command", action="store_true", help="print the flower-superlink command, do not run")
+    _add_home(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from fedit.runners.flower.launch import LinkTls, superlink_command
+
+        files = (args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile)
+        if args.insecure == any(files) or (not args.insecure and not all(files)):
+            raise FeditError("give --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile, or --insecure")
+        if args.auth and args.insecure:
+            raise FeditError("--auth needs TLS: Flower authenticates SuperNodes only over TLS")
+        tls = None if args.insecure else LinkTls(*(Path(f).resolve() for f in (args.ssl_ca_certfile,
+                                                                              args.ssl_certfile, args.ssl_keyfile)))
+        db = Path(args.database).resolve() if args.database else None
+        argv = superlink_command(args.host, args.port, tls=tls, auth=args.auth, database=db)
+        return _foreground("superlink", argv, _home(args), args.print_command)
+
+    p.set_defaults(func=run)
+
+
+def _supernode(sub) -> None:
+    p = sub.add_parser("supernode", help="start a SuperNode (one data owner) in the foreground")
+    _connection_flags(p)
+    p.add_argument("--data", required=True, type=Path, help="this node's .json/.jsonl file (stays here)")
+    p.add_argument("--client-index", type=int, help="client index of this node (default: assigned by the "
+                                                    "server); set it for parity with fedit run --partition files")
+    p.add_argument("--auth-key", type=Path, help="private key (from fedit deploy keygen) when the SuperLink "
+                                                 "runs with --auth")
+    p.add_argument("--port", type=int, default=9094, help="local port of the node's ClientApp API (default 9094)")
+    p.add_argument("--print-command", action="store_true", help="print the flower-supernode command, do not run")
+
+    def run(args: argparse.Namespace) -> int:
+        from fedit.runners.flower.launch import supernode_command
+
+        if not args.data.is_file():
+            logger.warning("--data %s does not exist: this node will answer every round with an error", args.data)
+        root = Path(args.root_certificates).resolve() if args.root_certificates else None
+        argv = supernode_command(args.superlink, args.data, client_index=args.client_index, port=args.port,
+                                 root_cert=root, private_key=args.auth_key.resolve() if args.auth_key else None)
+        return _foreground("supernode", argv, _home(args), args.print_command)
+
+    p.set_defaults(func=run)
+
+
+# ---- one-shot commands -------------------------------------------------------------------------
+def _keygen(sub) -> None:
+    p = sub.add_parser("keygen", help="make a SuperNode key pair: KEY (private) and KEY.pub")
+    p.add_argument("key", type=Path, help="path of the private key; the public key goes to KEY.pub")
+
+    def run(args: argparse.Namespace) -> int:
+        from fedit.runners.flower.security import make_node_key
+
+        if args.key.exists():
+            raise FeditError(f"{args.key} exists; choose another path")
+        private, public = make_node_key(args.key)
+        print(json.dumps({"private_key": str(private), "public_key": str(public)}))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _tls(sub) -> None:
+    p = sub.add_parser("tls", help="make a throw-away CA + server certificate (ca.crt, server.pem, server.key)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--host", nargs="+", default=["localhost", "127.0.0.1"],
+                   help="names/IPs the SuperLink is reached by (default localhost 127.0.0.1)")
+
+    def run(args: argparse.Namespace) -> int:
+        from fedit.runners.flower.security import make_tls
+
+        files = make_tls(args.folder, args.host)
+        print(json.dumps({k: str(v) for k, v in vars(files).items()}))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _flwr(args: argparse.Namespace, argv_fn) -> int:
+    from fedit.runners.flower.appdir import write_connection
+    from fedit.runners.flower.processes import flower_env
+
+    home = _home(args)
+    write_connection(home, args.superlink, Path(args.root_certificates) if args.root_certificates else None)
+    return subprocess.run(argv_fn(), env=flower_env(home)).returncode
+
+
+def _register(sub) -> None:
+    p = sub.add_parser("register-node", help="register a SuperNode's public key with a SuperLink")
+    p.add_argument("public_key", type=Path, help="KEY.pub from fedit deploy keygen")
+    p.add_argument("--name", help="a name for the node")
+    _connection_flags(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from fedit.runners.flower.launch import register_command
+
+        if not args.public_key.is_file():
+            raise FeditError(f"{args.public_key}: no such public key file")
+        return _flwr(args, lambda: register_command(args.public_key.resolve(), args.name))
+
+    p.set_defaults(func=run)
+
+
+def _run_files(args: argparse.Namespace, cfg, folder: Path, wait_nodes: int) -> tuple[Path, Path]:
+    from fedit.runners.flower.appdir import write_app, write_run_config
+    from fedit.runners.flower.wire import run_config_values
+
+    values = run_config_values(cfg, Path(args.out), resume=args.resume, min_nodes=args.min_nodes,
+                               wait_nodes=max(wait_nodes, args.min_nodes), round_timeout=args.round_timeout)
+    return write_app(folder / "app"), write_run_config(folder / "run.toml", values)
+
+
+def _app(sub, add_config_flags, config_from_args) -> None:
+    p = sub.add_parser("app", help="write the Flower app folder and a run config, for `flwr run` by hand")
+    p.add_argument("folder", type=Path, help="where to write app/pyproject.toml and run.toml")
+    _add_server_flags(p)
+    p.add_argument("--wait-nodes", type=int, default=1, help="nodes to wait for before round 1")
+    add_config_flags(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from fedit.runners.flower.launch import shell, submit_command
+
+        app, run_toml = _run_files(args, config_from_args(args), args.folder, args.wait_nodes)
+        print(shell(submit_command(app, run_toml, stream=True, connection="CONNECTION")))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _submit(sub, add_config_flags, config_from_args) -> None:
+    p = sub.add_parser("submit", help="submit a fedit run to a SuperLink (run directory on its machine)")
+    _connection_flags(p)
+    _add_server_flags(p)
+    p.add_argument("--wait-nodes", type=int, default=1, help="nodes to wait for before round 1 (default 1)")
+    p.add_argument("--no-stream", action="store_true", help="return after submitting; do not follow the log")
+    add_config_flags(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from fedit.runners.flower.launch import submit_command
+
+        home = _home(args)
+        app, run_toml = _run_files(args, config_from_args(args), home / "fedit-submit", args.wait_nodes)
+        return _flwr(args, lambda: submit_command(app, run_toml, stream=not args.no_stream))
+
+    p.set_defaults(func=run)

@@ -1,0 +1,95 @@
+"""Settings of ``fedit experiment`` beyond the run config: which systems, how they are evaluated,
+and the optional LLM judge. Validated on construction; every error names its flag."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedit.errors import ConfigError
+
+LOCAL_BUDGETS = ("every-round", "expected")
+SYSTEM_KINDS = ("base", "local", "centralized", "fedit")
+
+
+def _require(cond: bool, flag: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{flag}: {msg}")
+
+
+@dataclass
+class JudgeSettings:
+    """An OpenAI-compatible chat-completions endpoint that rates pairs of answers."""
+
+    url: str
+    model: str
+    key_env: str = "OPENAI_API_KEY"
+    questions: str = "dolly"          # dolly = the generation subset of --test-data, or a .jsonl path
+    max_questions: int | None = None
+    repeats: int = 3                  # per order; 2 orders -> 2 * repeats judgments per question
+    temperature: float = 0.7
+    retries: int = 4
+    backoff_s: float = 1.0
+    timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        _require(self.url.startswith(("http://", "https://")), "--judge-url",
+                 f"expected an http(s) URL, got {self.url!r}")
+        _require(bool(self.model.strip()), "--judge-model", "must not be empty")
+        _require(self.repeats >= 1, "--judge-repeats", f"must be at least 1, got {self.repeats}")
+        _require(self.retries >= 0, "--judge-retries", f"must be >= 0, got {self.retries}")
+        _require(self.max_questions is None or self.max_questions >= 1, "--judge-max-questions",
+                 f"must be at least 1, got {self.max_questions}")
+        _require(0 <= self.temperature <= 2, "--judge-temperature", f"must be in [0, 2], got {self.temperature}")
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.key_env) or None
+
+    def record(self) -> dict[str, Any]:
+        """What results.json keeps (never the key itself)."""
+        return asdict(self)
+
+
+@dataclass
+class ExperimentSettings:
+    local_baselines: int = 3
+    local_budget: str = "every-round"
+    systems: list[str] = field(default_factory=lambda: list(SYSTEM_KINDS))
+    gen_records: int | None = 24          # None = every test record
+    max_new_tokens: int = 64
+    em_categories: list[str] = field(default_factory=lambda: ["classification"])
+    examples: int = 3
+    judge: JudgeSettings | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.local_baselines >= 0, "--local-baselines", f"must be >= 0, got {self.local_baselines}")
+        _require(self.local_budget in LOCAL_BUDGETS, "--local-budget",
+                 f"{self.local_budget!r} is not one of {', '.join(LOCAL_BUDGETS)}")
+        _require(self.gen_records is None or self.gen_records >= 1, "--gen-records",
+                 f"must be at least 1 (or all), got {self.gen_records}")
+        _require(self.max_new_tokens >= 1, "--max-new-tokens", f"must be at least 1, got {self.max_new_tokens}")
+        _require(self.examples >= 0, "--examples", f"must be >= 0, got {self.examples}")
+        for name in self.systems:
+            known = name in ("base", "local", "centralized", "fedit") or _local_index(name) is not None
+            _require(known, "--systems", f"unknown system {name!r} (known: base, local, local-1..local-K, "
+                                         "centralized, fedit)")
+            idx = _local_index(name)
+            _require(idx is None or idx <= self.local_baselines, "--systems",
+                     f"{name} needs --local-baselines {idx} or more")
+
+    def selected(self, all_names: list[str]) -> list[str]:
+        """The systems to run now, in the canonical order of ``all_names``."""
+        wanted = set(self.systems)
+        return [n for n in all_names if n in wanted or (n.startswith("local-") and "local" in wanted)]
+
+    def eval_record(self) -> dict[str, Any]:
+        """The evaluation settings a system's stored result must match to be reused."""
+        return {"gen_records": self.gen_records, "max_new_tokens": self.max_new_tokens,
+                "em_categories": sorted(self.em_categories), "decoding": "greedy"}
+
+
+def _local_index(name: str) -> int | None:
+    if name.startswith("local-") and name[6:].isdigit() and int(name[6:]) >= 1:
+        return int(name[6:])
+    return None

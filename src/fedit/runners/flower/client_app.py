@@ -1,0 +1,106 @@
+"""The fedit ClientApp: one SuperNode = one client, training on the node's own data file.
+
+Flower starts a fresh ClientApp process per message, so every handler builds what it needs:
+the records from the node config's ``data-path`` (never sent anywhere) and, for ``train``,
+the base model from fedit's safetensors cache. The update is the core's ``LocalTrainer.fit``
+with ``client_id`` = the client index and the run's seed and round: the same update the
+in-process simulation computes for that client.
+
+A user error on the node (missing or malformed data file, bad config) is answered with a
+one-line error reply, which the server logs and drops; it never crashes the round.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedit.config import Config
+from fedit.data import Example, load_examples
+from fedit.errors import ConfigError, DataError, FeditError
+from fedit.runners.flower.wire import (ARRAYS, CLIENT_INDEX_KEY, CONFIG, DATA_PATH_KEY, FEDIT_ERROR_CODE,
+                                       config_from_run, update_content)
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+def node_client_index(node_config: dict[str, Any]) -> int | None:
+    """The client index the node config pins (``client-index``), if any."""
+    value = node_config.get(CLIENT_INDEX_KEY)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"node config {CLIENT_INDEX_KEY}: expected an int >= 0, got {value!r}")
+    return value
+
+
+def node_records(node_config: dict[str, Any]) -> list[Example]:
+    """The node's records (``data-path``), validated; a one-line FeditError if unusable."""
+    path = node_config.get(DATA_PATH_KEY)
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"node config {DATA_PATH_KEY} is not set: start the SuperNode with "
+                          f"--node-config '{DATA_PATH_KEY}=\"FILE.json\"' (or fedit deploy supernode --data)")
+    if not Path(path).expanduser().is_file():
+        raise DataError(f"{path}: no such data file")
+    examples, report = load_examples(path)
+    if not examples:
+        raise DataError(f"{path}: no usable records ({report.summary()})")
+    return examples
+
+
+def node_examples(node_config: dict[str, Any], cfg: Config, client_id: int) -> list[Example]:
+    """The records this node trains on as client ``client_id``: subsampled as the simulation does."""
+    from fedit.runners.common import client_subsample  # imports torch: only when training
+
+    return client_subsample(node_records(node_config), cfg, client_id)
+
+
+def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:
+    reason = f"node {context.node_id}: {type(exc).__name__}: {exc}".replace("\n", " ")
+    logger.error(reason)
+    return Message(Error(code=FEDIT_ERROR_CODE, reason=reason), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Answer the server's roll call: this node's client index (-1: any) and its record count."""
+    answer: dict[str, Any] = {"client-index": -1, "num-examples": 0, "error": ""}
+    try:
+        index = node_client_index(context.node_config)
+        answer["client-index"] = -1 if index is None else index
+        cfg = config_from_run(context.run_config)
+        limit = cfg.data.max_client_records
+        answer["num-examples"] = min(len(node_records(context.node_config)), limit or 1 << 62)
+    except (FeditError, OSError, ValueError) as exc:
+        answer["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return Message(RecordDict({CONFIG: ConfigRecord(answer)}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One local round: global adapter in, the client's adapter + example count + metrics out."""
+    try:
+        cfg = config_from_run(context.run_config)
+        conf = msg.content[CONFIG]
+        client_id, round_idx = int(conf["client-index"]), int(conf["round"])
+        pinned = node_client_index(context.node_config)
+        if pinned is not None and pinned != client_id:
+            raise ConfigError(f"node config {CLIENT_INDEX_KEY}={pinned} but the server asked for "
+                              f"client {client_id}")
+        examples = node_examples(context.node_config, cfg, client_id)
+        from fedit.runners.common import build_workbench  # torch, transformers, peft: ~7 s cold
+
+        bench = build_workbench(cfg)
+        data = bench.tokenize(examples, cfg.data)
+        state = msg.content[ARRAYS].to_torch_state_dict()
+        update = bench.trainer.fit(state, data, cfg.train, seed=cfg.federation.seed, round_idx=round_idx,
+                                   client_id=client_id, proximal_mu=float(conf["proximal-mu"]))
+    except (FeditError, OSError, ValueError, KeyError) as exc:
+        return _error_reply(msg, context, exc)
+    return Message(update_content(update), reply_to=msg)

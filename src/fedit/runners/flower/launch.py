@@ -1,0 +1,79 @@
+"""Command lines of the standard Flower processes, as fedit's operator commands start them.
+
+One function per process or ``flwr`` command, so ``fedit deploy superlink|supernode|
+register-node|submit`` (one machine each) and ``fedit deploy local`` (all on loopback) build
+exactly the same commands; ``--print-command`` shows them for operators who run Flower's
+tools directly.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedit.runners.flower.appdir import CONNECTION
+from fedit.runners.flower.processes import bin_dir
+from fedit.runners.flower.wire import CLIENT_INDEX_KEY, DATA_PATH_KEY
+
+
+@dataclass
+class LinkTls:
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+def _tool(name: str) -> str:
+    path = bin_dir() / name
+    return str(path) if path.exists() else name
+
+
+def superlink_command(host: str, port: int, *, tls: LinkTls | None, auth: bool,
+                      database: Path | None = None) -> list[str]:
+    argv = [_tool("flower-superlink"), "--host", host, "--port", str(port),
+            "--disable-runtime-dependency-installation"]
+    if tls is None:
+        argv.append("--insecure")
+    else:
+        argv += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.cert),
+                 "--ssl-keyfile", str(tls.key)]
+    if auth:
+        argv.append("--enable-supernode-auth")
+    if database is not None:
+        argv += ["--database", str(database)]
+    return argv
+
+
+def node_config(data: Path, client_index: int | None) -> str:
+    items = [f'{DATA_PATH_KEY}="{Path(data).resolve()}"']
+    if client_index is not None:
+        items.append(f"{CLIENT_INDEX_KEY}={client_index}")
+    return " ".join(items)
+
+
+def supernode_command(superlink: str, data: Path, *, client_index: int | None, port: int,
+                      root_cert: Path | None, private_key: Path | None,
+                      max_wait_time: float | None = None) -> list[str]:
+    argv = [_tool("flower-supernode"), "--superlink", superlink, "--port", str(port),
+            "--node-config", node_config(data, client_index)]
+    argv += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
+    if private_key is not None:
+        argv += ["--auth-supernode-private-key", str(private_key)]
+    if max_wait_time is not None:
+        argv += ["--max-wait-time", str(max_wait_time)]
+    return argv
+
+
+def register_command(public_key: Path, name: str | None = None, connection: str = CONNECTION) -> list[str]:
+    argv = [_tool("flwr"), "supernode", "register", str(public_key), connection]
+    return argv + (["--name", name] if name else [])
+
+
+def submit_command(app_dir: Path, run_config: Path, *, stream: bool, connection: str = CONNECTION) -> list[str]:
+    argv = [_tool("flwr"), "run", str(app_dir), connection, "--run-config", str(run_config)]
+    return argv + (["--stream"] if stream else [])
+
+
+def shell(argv: list[str]) -> str:
+    return shlex.join(argv)

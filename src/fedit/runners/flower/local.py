@@ -1,0 +1,201 @@
+"""``fedit deploy local``: a whole Flower federation on loopback, for demos and tests.
+
+setup (work folder, TLS material, SuperLink, node keys, SuperNodes) -> submit the run and
+stream its log -> cleanup: every process started here is stopped by PID, also on Ctrl-C,
+SIGTERM or failure. The run directory is written by the ServerApp to ``out``; Flower's own
+state (FLWR_HOME, certificates, keys, process logs, ``pids.json``) goes to the work folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from fedit.config import Config
+from fedit.errors import FeditError
+from fedit.runners.flower import appdir, launch
+from fedit.runners.flower.processes import ProcessGroup, alive, flower_env, free_port, wait_for_port
+from fedit.runners.flower.security import make_node_key, make_tls
+from fedit.runners.flower.wire import run_config_values
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class LocalOptions:
+    node_data: Sequence[Path]
+    tls: bool = False
+    auth: bool = False
+    min_nodes: int = 1
+    resume: bool = False
+    work_dir: Path | None = None
+    round_timeout: float = 0.0
+    node_timeout: float = 120.0
+    unregistered_nodes: Sequence[Path] = field(default_factory=list)  # tests: nodes with unknown keys
+
+
+@dataclass
+class LocalResult:
+    run_dir: Path
+    work_dir: Path
+    pids: list[int]
+    unregistered_refused: bool | None = None
+
+
+def default_work_dir(out: Path) -> Path:
+    return out.parent / f"{out.name}.flower"
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM unwind like Ctrl-C, so the finally blocks stop our processes."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class LocalFederation:
+    def __init__(self, cfg: Config, out: Path, opts: LocalOptions,
+                 echo: Callable[[str], None] | None = None) -> None:
+        self.cfg, self.out, self.opts = cfg, Path(out).resolve(), opts
+        self.work = Path(opts.work_dir or default_work_dir(self.out)).resolve()
+        self.env = flower_env(self.work / "flwr-home")
+        self.group = ProcessGroup()
+        self.echo = echo or (lambda line: logger.info("%s", line))
+
+    def run(self) -> LocalResult:
+        self._check()
+        with _sigterm_as_interrupt():
+            try:
+                self._start_link()
+                refused = self._start_nodes()
+                self._submit()
+            finally:
+                pids = self.group.pids()
+                self.group.stop()
+                (self.work / "pids.json").write_text(json.dumps({"pids": pids, "alive": alive(pids)}) + "\n")
+        if not (self.out / "final" / "adapter_model.safetensors").is_file():
+            raise FeditError(f"the Flower run ended without a final adapter in {self.out}; "
+                             f"see {self.work / 'logs'}")
+        return LocalResult(self.out, self.work, pids, refused)
+
+    def _check(self) -> None:
+        for path in self.opts.node_data:
+            if not Path(path).exists():
+                logger.warning("--node-data %s does not exist: that node will report an error", path)
+        if self.opts.min_nodes > len(self.opts.node_data):
+            raise FeditError(f"--min-nodes {self.opts.min_nodes} is more than the "
+                             f"{len(self.opts.node_data)} --node-data file(s)")
+        self.cfg.federation.clients_to_sample(len(self.opts.node_data))  # --clients-per-round too big?
+        if self.opts.auth and not self.opts.tls:
+            raise FeditError("--auth needs --tls (Flower authenticates SuperNodes only over TLS)")
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def _start_link(self) -> None:
+        self.port = free_port(HOST)
+        self.tls = make_tls(self.work / "tls") if self.opts.tls else None
+        link_tls = launch.LinkTls(self.tls.ca_cert, self.tls.server_cert, self.tls.server_key) if self.tls else None
+        argv = launch.superlink_command(HOST, self.port, tls=link_tls, auth=self.opts.auth)
+        proc = self.group.start("superlink", argv, env=self.env, log_path=self.work / "logs" / "superlink.log")
+        wait_for_port(HOST, self.port, 60, proc)
+        appdir.write_connection(self.env_home, f"{HOST}:{self.port}", self.tls.ca_cert if self.tls else None)
+
+    @property
+    def env_home(self) -> Path:
+        return Path(self.env["FLWR_HOME"])
+
+    def _start_nodes(self) -> bool | None:
+        for index, data in enumerate(self.opts.node_data):
+            key = self._node_key(f"node{index}", register=True)
+            self._start_node(f"supernode-{index}", data, index, key)
+        refused = None
+        for index, data in enumerate(self.opts.unregistered_nodes):
+            key = self._node_key(f"stranger{index}", register=False)
+            proc = self._start_node(f"unregistered-{index}", data, None, key, max_wait_time=20)
+            refused = self._refused(proc, index)
+        return refused
+
+    def _node_key(self, name: str, register: bool) -> Path | None:
+        if not self.opts.auth:
+            return None
+        private, public = make_node_key(self.work / "keys" / name)
+        if register:
+            self._flwr(launch.register_command(public, name=name), f"register {name}")
+        return private
+
+    def _start_node(self, name: str, data: Path, index: int | None, key: Path | None,
+                    max_wait_time: float | None = None) -> subprocess.Popen:
+        argv = launch.supernode_command(f"{HOST}:{self.port}", Path(data), client_index=index,
+                                        port=free_port(HOST), root_cert=self.tls.ca_cert if self.tls else None,
+                                        private_key=key, max_wait_time=max_wait_time)
+        return self.group.start(name, argv, env=self.env, log_path=self.work / "logs" / f"{name}.log")
+
+    def _refused(self, proc: subprocess.Popen, index: int) -> bool:
+        """Wait for an unregistered SuperNode to give up (it must never join)."""
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            return False
+        logger.info("unregistered node %d was refused by the SuperLink (exit code %d)", index, proc.returncode)
+        return proc.returncode != 0
+
+    def _flwr(self, argv: list[str], what: str) -> str:
+        done = subprocess.run(argv, env=self.env, cwd=self.work, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise FeditError(f"{what} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        return done.stdout
+
+    def _submit(self) -> None:
+        app = appdir.write_app(self.work / "app")
+        values = run_config_values(self.cfg, self.out, resume=self.opts.resume, min_nodes=self.opts.min_nodes,
+                                   wait_nodes=len(self.opts.node_data), node_timeout=self.opts.node_timeout,
+                                   round_timeout=self.opts.round_timeout)
+        run_toml = appdir.write_run_config(self.work / "run.toml", values)
+        argv = launch.submit_command(app, run_toml, stream=True)
+        proc = self.group.start("flwr-run", argv, env=self.env, log_path=self.work / "logs" / "flwr-run.log",
+                                cwd=self.work)
+        self._follow(proc, self.work / "logs" / "flwr-run.log")
+
+    def _follow(self, proc: subprocess.Popen, log_path: Path) -> None:
+        """Echo the streamed run log until ``flwr run --stream`` ends."""
+        pos = 0
+        while True:
+            done = proc.poll() is not None
+            self.group.refresh()
+            with open(log_path, "rb") as fh:
+                fh.seek(pos)
+                chunk = fh.read()
+            lines = chunk.split(b"\n")
+            if not done:
+                chunk = b"\n".join(lines[:-1]) + (b"\n" if len(lines) > 1 else b"")
+                lines = lines[:-1]
+            pos += len(chunk)
+            for line in lines:
+                if line.strip():
+                    self.echo(line.decode(errors="replace").rstrip())
+            if done:
+                return
+            time.sleep(0.3)
+
+
+def deploy_local(cfg: Config, out: Path, opts: LocalOptions,
+                 echo: Callable[[str], None] | None = None) -> LocalResult:
+    """Run ``cfg`` on a loopback Flower federation; the run directory lands in ``out``."""
+    return LocalFederation(cfg, out, opts, echo).run()
