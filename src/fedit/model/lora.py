@@ -44,7 +44,8 @@ def add_lora(
     """Wrap ``model`` with a fresh LoRA adapter whose initial weights depend only on ``seed``.
 
     ``targets`` is ``"all-linear"`` (every linear layer but the output head) or module names as
-    a list or comma-separated string. The global RNG is left untouched.
+    a list or comma-separated string. The global RNG is left untouched. LoRA layers are injected
+    into ``model`` in place: wrap a freshly loaded base model, once.
     """
     if r < 1:
         raise ConfigError(f"--lora-r {r}: must be a positive integer")
@@ -65,14 +66,16 @@ def add_lora(
             raise ConfigError(f"--lora-targets {targets!r}: {exc}".splitlines()[0]) from exc
     n_lora = sum(p.numel() for p in _param_map(peft_model).values())
     resolved = peft_model.peft_config[peft_model.active_adapter].target_modules
-    log.info("LoRA r=%d alpha=%g on %s: %d trainable params", r, alpha, ",".join(sorted(resolved)), n_lora)
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in resolved})
+    log.info("LoRA r=%d alpha=%g on %d modules (%s): %d trainable params", r, alpha, len(resolved),
+             ",".join(kinds), n_lora)
     return peft_model
 
 
 def _parse_targets(model: torch.nn.Module, targets: str | list[str]) -> str | list[str]:
     """Normalise ``--lora-targets`` and check every named module exists in ``model``."""
-    if targets == "all-linear":
-        return targets
+    if isinstance(targets, str) and targets.strip() == "all-linear":
+        return "all-linear"
     names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
     names = [n for n in names if n]
     if not names:

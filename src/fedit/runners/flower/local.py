@@ -91,10 +91,16 @@ class LocalFederation:
                 pids = self.group.pids()
                 self.group.stop()
                 (self.work / "pids.json").write_text(json.dumps({"pids": pids, "alive": alive(pids)}) + "\n")
-        if not (self.out / "final" / "adapter_model.safetensors").is_file():
+        last = [r for r in self._rounds() if r.get("round") == self.cfg.federation.rounds]
+        if not last or not (self.out / "final" / "adapter_model.safetensors").is_file():
             raise FeditError(f"the Flower run ended without a final adapter in {self.out}; "
                              f"see {self.work / 'logs'}")
         return LocalResult(self.out, self.work, pids, refused)
+
+    def _rounds(self) -> list[dict]:
+        from fedit.runners.rundir import RunDir
+
+        return [r for r in RunDir(self.out).metrics.read() if r.get("type") == "round"]
 
     def _check(self) -> None:
         for path in self.opts.node_data:
@@ -103,9 +109,14 @@ class LocalFederation:
         if self.opts.min_nodes > len(self.opts.node_data):
             raise FeditError(f"--min-nodes {self.opts.min_nodes} is more than the "
                              f"{len(self.opts.node_data)} --node-data file(s)")
-        self.cfg.federation.clients_to_sample(len(self.opts.node_data))  # --clients-per-round too big?
+        cpr, nodes = self.cfg.federation.clients_per_round, len(self.opts.node_data)
+        if self.cfg.federation.fraction is None and cpr > nodes:
+            raise FeditError(f"--clients-per-round {cpr} is more than the {nodes} --node-data file(s)")
         if self.opts.auth and not self.opts.tls:
             raise FeditError("--auth needs --tls (Flower authenticates SuperNodes only over TLS)")
+        if not self.opts.resume and self.out.is_dir() and any(self.out.iterdir()):
+            raise FeditError(f"--out: {self.out} exists and is not empty; pass --resume to continue the run "
+                             "in it or choose another --out")
         self.work.mkdir(parents=True, exist_ok=True)
 
     def _start_link(self) -> None:

@@ -1,0 +1,200 @@
+"""fedit benchmarks (make bench): side-by-side ratios on SmolLM2-135M-Instruct with Dolly records.
+
+Not tests: each figure is a ratio of two things measured in this one process, on this machine.
+  1. client throughput: fedit's LocalTrainer.fit vs a plain PEFT + torch loop on the same batches
+  2. simulation overhead: round wall time minus the clients' forward/backward/step time
+  3. fedit per round vs a Trainer-per-client loop (Shepherd's way: HF Trainer rebuilt per client,
+     datasets re-tokenized, adapters deep-copied and sent through disk), same clients and steps;
+     and the FlowerTune-like variant that also reloads the base model per client
+  4. useful (non-padding) tokens/s with length-grouped dynamic padding vs padding to max length
+  5. peak RSS and adapter swap time
+
+    .venv/bin/python benchmarks/run.py --out bench-results [--steps 4] [--clients 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from baselines import plain_peft_loop, trainer_per_client_round  # noqa: E402
+
+from fedit.client.batching import plan_steps  # noqa: E402
+from fedit.config import Config  # noqa: E402
+from fedit.data import load_examples  # noqa: E402
+from fedit.model import get_adapter_state, set_adapter_state  # noqa: E402
+from fedit.runners.common import build_workbench  # noqa: E402
+from fedit.runners.simulation import Simulation  # noqa: E402
+
+log = logging.getLogger("bench")
+
+
+def machine() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+    except (OSError, StopIteration):
+        model = platform.processor()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{model}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def client_files(dolly: Path, clients: int, records: int, tmp: Path) -> Path:
+    """The first `records` records of the first `clients` Shepherd client files, one file each."""
+    folder = tmp / "clients"
+    folder.mkdir()
+    for i in range(clients):
+        data = json.loads((dolly / f"local_training_{i}.json").read_text())
+        (folder / f"client_{i}.json").write_text(json.dumps(data[:records]))
+    return folder
+
+
+def best_of(fn, repeats: int) -> float:
+    """Fastest of `repeats` runs (seconds): the least disturbed by other load on the machine."""
+    return min(fn() for _ in range(repeats))
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_throughput(bench, cfg, toks, steps: int, repeats: int) -> dict:
+    plan = plan_steps([len(t.input_ids) for t in toks], batch_size=cfg.train.batch_size,
+                      micro_batch_size=cfg.train.micro_batch_size, epochs=1, steps=steps,
+                      rng=np.random.default_rng(0))
+    used = sorted({i for step in plan for mb in step for i in mb})
+    data = [toks[i] for i in used]
+    train = cfg.train.__class__(**{**cfg.train.__dict__, "local_steps": steps})
+    real_tokens = sum(len(toks[i].input_ids) for step in plan for mb in step for i in mb)
+
+    def fedit_fit():
+        return timed(lambda: bench.trainer.fit(bench.initial_state, data, train, seed=0, round_idx=0, client_id=0))
+
+    def plain(pad_to=None):
+        def go():
+            return plain_peft_loop(bench, bench.initial_state, toks, plan, train, pad_to=pad_to)
+        return go
+
+    fedit_fit()  # warm-up (allocator, autocast caches)
+    t_fedit = best_of(fedit_fit, repeats)
+    t_plain = best_of(lambda: plain()()[0], repeats)
+    padded_time, padded_tokens = plain(pad_to=cfg.data.max_len)()
+    return {
+        "steps": steps, "tokens": real_tokens,
+        "fedit_tokens_per_s": real_tokens / t_fedit, "plain_tokens_per_s": real_tokens / t_plain,
+        "throughput_ratio": t_plain / t_fedit,
+        "padded_to_max_useful_tokens_per_s": real_tokens / padded_time,
+        "padded_to_max_share_padding": 1 - real_tokens / padded_tokens,
+        "dynamic_vs_padded_ratio": padded_time / t_plain,
+    }
+
+
+def bench_rounds(cfg: Config, folder: Path, tmp: Path, repeats: int) -> dict:
+    sim_cfg = cfg.override({"data": str(folder), "partition": "files", "test_data": None,
+                            "clients_per_round": len(list(folder.iterdir())), "rounds": 1 + repeats})
+    sim = Simulation(sim_cfg, tmp / "sim")
+    sim.setup()
+    records = [sim.run_round(r) for r in range(1, 2 + repeats)]
+    timed_rounds = records[1:]  # round 1 tokenizes the clients' data (once per run): not steady state
+    overhead = [(r["seconds"] - r["client_compute_seconds"]) / r["seconds"] for r in timed_rounds]
+    t_fedit = min(r["seconds"] for r in timed_rounds)
+    clients = list(range(len(sim.clients)))
+    shepherd = best_of(lambda: trainer_per_client_round(sim, clients, tmp / "shepherd", reload=False), repeats)
+    flowertune = trainer_per_client_round(sim, clients, tmp / "flowertune", reload=True)
+    swap = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        set_adapter_state(sim.bench.model, sim.state)
+        get_adapter_state(sim.bench.model)
+        swap.append(time.perf_counter() - t0)
+    return {
+        "clients": len(clients), "local_steps": sim_cfg.train.local_steps,
+        "fedit_round_s": t_fedit, "fedit_first_round_s": records[0]["seconds"],
+        "overhead_share": min(overhead), "overhead_share_all": overhead,
+        "trainer_per_client_round_s": shepherd, "speedup_vs_trainer_per_client": shepherd / t_fedit,
+        "trainer_per_client_reload_round_s": flowertune,
+        "speedup_vs_trainer_per_client_reload": flowertune / t_fedit,
+        "adapter_swap_ms": 1000 * statistics.median(swap),
+    }
+
+
+def table(results: dict) -> str:
+    t, r = results["throughput"], results["rounds"]
+    rows = [
+        ("client throughput, fedit vs plain PEFT loop", f"{t['fedit_tokens_per_s']:.0f} vs {t['plain_tokens_per_s']:.0f} tok/s",
+         f"{t['throughput_ratio']:.2f}x", ">= 0.95x"),
+        ("simulation overhead (round - client compute)", f"{100 * r['overhead_share']:.2f} % of {r['fedit_round_s']:.1f} s",
+         "", "<= 2 %"),
+        ("round: fedit vs Trainer per client (Shepherd)", f"{r['fedit_round_s']:.1f} vs {r['trainer_per_client_round_s']:.1f} s",
+         f"{r['speedup_vs_trainer_per_client']:.2f}x", ">= 3x"),
+        ("round: fedit vs Trainer + model reload per client", f"{r['fedit_round_s']:.1f} vs {r['trainer_per_client_reload_round_s']:.1f} s",
+         f"{r['speedup_vs_trainer_per_client_reload']:.2f}x", "(FlowerTune-like)"),
+        ("useful tok/s, dynamic vs pad to max length", f"{t['plain_tokens_per_s']:.0f} vs {t['padded_to_max_useful_tokens_per_s']:.0f} tok/s",
+         f"{t['dynamic_vs_padded_ratio']:.2f}x", ">= 1.8x"),
+        ("peak RSS", f"{results['peak_rss_mib']:.0f} MiB", "", ""),
+        ("adapter swap (set + get)", f"{r['adapter_swap_ms']:.1f} ms", "", ""),
+    ]
+    lines = ["| measure | measured | ratio | goal |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per measurement / client")
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--records", type=int, default=64, help="records per client file")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dolly", default=os.environ.get("FEDIT_DOLLY_DIR", "../shared/data/dolly/shepherd_10clients"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("fedit").setLevel(logging.WARNING)
+    dolly = Path(args.dolly)
+    if not dolly.is_dir():
+        sys.exit(f"bench: error: Dolly folder {dolly} not found (set FEDIT_DOLLY_DIR or --dolly)")
+    cfg = Config().override({"model": args.model, "max_len": 512, "batch_size": 8, "micro_batch_size": 4,
+                             "local_steps": args.steps, "lr": 1.5e-4})
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        folder = client_files(dolly, args.clients, args.records, tmp)
+        log.info("throughput: fedit vs plain loop vs padded to max length")
+        bench = build_workbench(cfg)
+        examples, _ = load_examples(folder / "client_0.json")
+        toks = bench.tokenize(examples, cfg.data)
+        throughput = bench_throughput(bench, cfg, toks, args.steps, args.repeats)
+        del bench
+        log.info("rounds: fedit simulation vs Trainer-per-client")
+        rounds = bench_rounds(cfg, folder, tmp, args.repeats)
+    results = {"machine": machine(), "model": args.model, "precision": "auto (bf16 autocast where supported)",
+               "batch_size": 8, "micro_batch_size": 4, "max_len": 512, "lora": "r=8 all-linear",
+               "throughput": throughput, "rounds": rounds,
+               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                     text=True).stdout.strip()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    md = f"Machine: {results['machine']}\n\n{table(results)}\n"
+    (out / "bench.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""fedit on a real (loopback) Flower federation: parity with the simulation, TLS + node
+authentication, a node with a malformed file, an unregistered node, no process left behind.
+
+Each test starts a SuperLink and SuperNodes; a ClientApp process per message imports torch,
+transformers and peft (~7 s on 2 CPU cores), so a round takes ~30 s here: both are ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("flwr")
+
+from fedit.config import load_config  # noqa: E402
+from fedit.runners.flower.local import LocalOptions, deploy_local  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TINY = FIXTURES / "tiny"
+TEST_DATA = FIXTURES / "tiny_test.jsonl"
+FEDIT = [sys.executable, "-m", "fedit.cli"]
+JOB = ["--model", "tiny-random", "--test-data", str(TEST_DATA), "--partition", "files", "--rounds", "2",
+       "--local-steps", "3", "--batch-size", "4", "--micro-batch-size", "2", "--seed", "7"]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _assert_all_stopped(work_dir: Path) -> None:
+    record = json.loads((work_dir / "pids.json").read_text())
+    assert len(record["pids"]) >= 4, record  # SuperLink, SuperNodes, flwr run, their children
+    assert _alive(record["pids"]) == []
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FEDIT_DEBUG": "1"}
+    done = subprocess.run(FEDIT + args, capture_output=True, text=True, env=env, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@pytest.mark.slow
+def test_deploy_local_matches_simulation(tmp_path: Path) -> None:
+    """`fedit deploy local` and `fedit run --partition files` over the same files: same adapter."""
+    sim, dep = tmp_path / "sim", tmp_path / "dep"
+    _run(["run", "--data", str(TINY), "--clients-per-round", "2", "--out", str(sim), *JOB])
+    nodes = [str(p) for p in sorted(TINY.glob("client_*.json"))]
+    _run(["deploy", "local", "--node-data", *nodes, "--clients-per-round", "2", "--out", str(dep), *JOB])
+
+    a = load_file(str(sim / "final" / "adapter_model.safetensors"))
+    b = load_file(str(dep / "final" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert not torch.equal(a[next(iter(a))], torch.zeros_like(a[next(iter(a))]))
+    # the same run directory layout as fedit run
+    for name in ("config.yaml", "metrics.jsonl", "final/adapter_config.json"):
+        assert (dep / name).is_file(), name
+    assert sorted(p.name for p in (dep / "checkpoints").iterdir()) == ["round_0001", "round_0002"]
+    rounds = [json.loads(line) for line in (dep / "metrics.jsonl").read_text().splitlines()]
+    sim_rounds = [json.loads(line) for line in (sim / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rounds if r["type"] == "round"][-1]
+    sim_last = [r for r in sim_rounds if r["type"] == "round"][-1]
+    assert last["clients"] == sim_last["clients"]
+    assert last["eval"]["overall"]["loss"] == pytest.approx(sim_last["eval"]["overall"]["loss"], abs=1e-5)
+    _assert_all_stopped(tmp_path / "dep.flower")
+
+
+@pytest.mark.slow
+def test_tls_auth_faulty_and_unregistered_nodes(tmp_path: Path) -> None:
+    """TLS + node auth, 2 good nodes, one with a malformed file, one whose key is not registered."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"instruction": "x", "response": ')
+    cfg = load_config("cpu-demo").override(dict(
+        model="tiny-random", test_data=str(TEST_DATA), partition="files", rounds=2, clients_per_round=3,
+        local_steps=2, batch_size=4, micro_batch_size=2))
+    out = tmp_path / "run"
+    lines: list[str] = []
+    opts = LocalOptions(node_data=[TINY / "client_0.json", TINY / "client_1.json", bad], tls=True, auth=True,
+                        min_nodes=2, unregistered_nodes=[TINY / "client_2.json"])
+    result = deploy_local(cfg, out, opts, echo=lines.append)
+
+    assert result.unregistered_refused is True
+    log = (result.work_dir / "logs" / "unregistered-0.log").read_text()
+    assert "Failed to activate SuperNode" in log
+    nodes = json.loads((out / "nodes.json").read_text())
+    assert [n["client"] for n in nodes] == [0, 1, 2]            # the stranger never joined
+    assert "invalid JSON" in nodes[2]["error"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in records if r["type"] == "round" and r["round"] > 0]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:  # the malformed node cost only its own update
+        assert r["clients"] == [0, 1]
+        assert len(r["dropped"]) == 1 and str(bad) in r["dropped"][0] and "invalid JSON" in r["dropped"][0]
+    assert any("dropping update: client 2" in line for line in lines)   # one line in the server log
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    assert all(line.count("\n") == 0 for line in lines)
+    _assert_all_stopped(result.work_dir)
