@@ -89,8 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     logger.info("resolved config:\n%s", json.dumps(cfg.to_dict(), indent=None))
     with _progress() as progress:
         result = run_simulation(cfg, args.out, resume=args.resume, progress=progress)
+    last = result.history[-1] if result.history else {}
     print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
-                      "last_round": result.history[-1] if result.history else None}, default=float))
+                      "rounds": last.get("round"), "eval": last.get("eval", {}).get("overall")}))
     return 0
 
 
@@ -186,14 +187,24 @@ def _console():
 
 
 def setup_logging(quiet: bool) -> None:
-    from rich.logging import RichHandler
-
-    handler = RichHandler(console=_console(), show_path=False, show_time=True, markup=False,
-                          rich_tracebacks=False)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    """Rich log lines on a terminal, plain timestamped lines otherwise (CI logs, pipes)."""
+    console = _console()
+    if console.is_terminal:
+        from rich.logging import RichHandler
+        handler: logging.Handler = RichHandler(console=console, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("fedit").setLevel(logging.WARNING if quiet else logging.INFO)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars and log lines say what is happening
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,3 +23,6 @@ def test_smollm2_two_clients_one_round(tmp_path, fixtures_dir, capsys):
     state = load_file(str(out / "final" / "adapter_model.safetensors"))
     assert len(state) == 30 * 7 * 2                  # 30 layers x 7 linear modules x (A, B)
     assert json.loads(capsys.readouterr().out)["final_adapter"].endswith("final")
+    assert main(["-q", "generate", "What is the capital of France? Answer in one word.",
+                 "--adapter", str(out / "final"), "--max-new-tokens", "8"]) == 0
+    assert "Paris" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from fedit.errors import ConfigError
 from fedit.experiment.evaluate import answer
 from fedit.experiment.judge import Judge
 from fedit.model import load_adapter_state
+from fedit.progress import Progress
 from fedit.runners.checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def _digest(obj: Any) -> str:
 
 
 def judge_systems(exp: Experiment, systems: dict[str, dict[str, Any]], judge: Judge | None = None,
-                  progress=None) -> dict[str, Any]:
+                  progress: Progress | None = None) -> dict[str, Any]:
     """FedIT against every other finished system; returns the judge section of results.json."""
     settings = exp.settings.judge
     source = settings.questions
@@ -105,7 +106,8 @@ def judge_systems(exp: Experiment, systems: dict[str, dict[str, Any]], judge: Ju
         if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
             pairs[name] = json.loads(cache.read_text())["outcome"]
             continue
-        outcome = judge.compare(REFERENCE, name, texts, ref, other).record()
+        with (progress or Progress()).task(f"judge fedit vs {name}", len(texts)) as bar:
+            outcome = judge.compare(REFERENCE, name, texts, ref, other, on_question=bar.advance).record()
         atomic_write_text(cache, json.dumps({"key": key, "outcome": outcome}, indent=1) + "\n")
         pairs[name] = outcome
         logger.info("judge: fedit vs %s relative score %s", name,

@@ -53,6 +53,8 @@ def plot_loss_rounds(rounds: list[tuple[int, float]], finals: dict[str, float], 
             ax.axhline(value, linestyle="--", linewidth=1, color=_color(name), alpha=0.8)
             ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), xytext=(3, 0),
                         textcoords="offset points", va="center", fontsize=8, color=_color(name))
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round (0 = before training)")
     ax.set_ylabel("held-out response loss")
     ax.set_title("Global held-out loss per round (dashed: other systems after training)")

@@ -177,7 +177,7 @@ class Experiment:
 
     def _work_estimate(self, specs: list[SystemSpec]) -> float:
         """Work units of the pending systems: training steps + evaluation (see ExperimentProgress)."""
-        evals = sum(1 for _ in specs) * self._eval_batches()
+        evals = len(specs) * self._eval_batches()
         return float(sum(s.steps for s in specs if s.kind != "base") + evals)
 
     def collect(self, fresh: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -224,7 +224,7 @@ def run_experiment(cfg: Config, settings: ExperimentSettings, out: str | Path, *
     exp = Experiment(cfg, settings, out, progress)
     results = exp.run()
     if settings.judge is not None or judge is not None:
-        results["judge"] = judge_systems(exp, results["systems"], judge)
+        results["judge"] = judge_systems(exp, results["systems"], judge, exp.progress)
     files = write_report(results, exp.out, partition_stats(exp.clients), exp.test, settings.examples)
     logger.info("report written to %s", files["html"])
     return {"out": str(exp.out), "report": str(files["html"]), "claims": results["claims"],

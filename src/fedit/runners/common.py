@@ -55,9 +55,6 @@ def build_workbench(cfg: Config) -> Workbench:
                      targets=lora.lora_targets, seed=cfg.federation.seed)
     trainer = LocalTrainer(model, device=base.device, autocast_dtype=base.autocast_dtype,
                            pad_id=base.tokenizer.pad_token_id)
-    n_train = sum(p.numel() for p in trainer.params)
-    logger.info("model %s on %s (%s): %d LoRA parameters", cfg.model.model, base.device,
-                base.autocast_dtype or "fp32", n_train)
     return Workbench(base, model, trainer, get_adapter_state(model))
 
 
