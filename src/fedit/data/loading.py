@@ -176,7 +176,7 @@ def _filter(examples: Iterable[Example], files: list[str], label: str, *, dedupe
     report = LoadReport(files, n_records, n_duplicates, n_empty, len(kept))
     if not kept:
         raise DataError(f"{label}: no usable records ({report.summary()})")
-    logger.info("%s: %s", label, report.summary())
+    logger.debug("%s: %s", label, report.summary())
     return kept, report
 
 

@@ -64,7 +64,7 @@ class Partitioner(ABC):
         if any(not part for part in result):
             raise ConfigError(f"--num-clients {len(result)}: a client would get no records; use fewer clients")
         sizes = [len(part) for part in result]
-        logger.info("%s: %d clients, %d to %d records each", type(self).__name__, len(result), min(sizes), max(sizes))
+        logger.debug("%s: %d clients, %d to %d records each", type(self).__name__, len(result), min(sizes), max(sizes))
         return result
 
 
