@@ -182,3 +182,11 @@ def test_partition_command(tmp_path, fixtures_dir, capsys):
     assert all(len(c["categories"]) <= 3 for c in stats["clients"])
     assert (out / "categories.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((out / "clients").glob("client_*.json"))) == 4
+
+
+def test_a_start_that_failed_before_round_1_can_be_rerun(tmp_path, fixtures_dir, cli):
+    out = tmp_path / "out"
+    code, err = cli(*run_args(fixtures_dir, out), "--model", "./no/such/model")
+    assert code == 2 and "no/such/model" in err
+    assert not (out / "checkpoints").exists()
+    assert main(run_args(fixtures_dir, out, "--rounds", "1")) == 0   # no --resume needed: nothing was lost

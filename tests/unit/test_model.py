@@ -83,7 +83,7 @@ def test_resolve_folder_hub_id_and_path_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file.bin").write_text("x")
     for bad in [str(tmp_path / "missing"), "./nope", "a/b/c", str(tmp_path / "x.gguf"),
-                str(tmp_path / "empty"), str(tmp_path / "file.bin")]:
+                str(tmp_path / "empty"), str(tmp_path / "file.bin"), "tiny-randon"]:
         with pytest.raises(ModelError) as info:
             resolve_model(bad)
         assert bad in one_line_error(info)

@@ -69,6 +69,9 @@ def resolve_model(name: str) -> str:
         return str(path.resolve())
     if not _HUB_ID.match(name):
         raise ModelError(f"--model {name}: no such file or folder (and not a Hugging Face hub id)")
+    if "/" not in name:  # a typo of an alias would otherwise wait for hub retries
+        raise ModelError(f"--model {name}: not an alias ({DEFAULT_MODEL}, {TINY_RANDOM}), a folder, a .gguf "
+                         "file, nor a hub id of the form org/name (e.g. openai-community/gpt2)")
     return name
 
 

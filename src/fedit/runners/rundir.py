@@ -51,20 +51,29 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.config_file, dump_config(cfg))
             return None
-        if not resume:
+        if not resume and self.has_progress():
             raise ConfigError(f"--out: {self.path} already holds a run; pass --resume to continue it "
                               "or choose another --out")
+        if not resume:  # an earlier start that stopped before finishing a round: start again
+            logger.info("%s has no finished round yet: starting it again", self.path)
+            atomic_write_text(self.config_file, dump_config(cfg))
+            self.metrics.truncate_after(-1)
+            return None
         check_resumable(saved, cfg, self.config_file)
         atomic_write_text(self.config_file, dump_config(cfg))
         ckpt_path = latest_checkpoint(self.path)
         if ckpt_path is None:
             logger.info("no complete round in %s yet: starting from round 1", self.path)
-            self.metrics.truncate_after(0)
+            self.metrics.truncate_after(-1)
             return None
         ckpt = load_checkpoint(ckpt_path)
         self.metrics.truncate_after(ckpt.round)
         logger.info("resuming %s after round %d", self.path, ckpt.round)
         return ckpt
+
+    def has_progress(self) -> bool:
+        """True once a round has finished (a checkpoint exists): that work must not be overwritten."""
+        return latest_checkpoint(self.path) is not None
 
     def checkpoint(self, ckpt: Checkpoint, keep: int) -> None:
         save_checkpoint(self.path, ckpt, keep)

@@ -50,9 +50,9 @@ class Simulation:
 
     def setup(self) -> None:
         cfg = self.cfg
-        ckpt = self.run_dir.prepare(cfg, self.resume)
-        self.clients = load_clients(cfg)
+        self.clients = load_clients(cfg)  # validates the data before anything is written
         self.test = load_test(cfg)
+        ckpt = self.run_dir.prepare(cfg, self.resume)
         self._write_partition_stats()
         self.bench: Workbench = self._bench if self._bench is not None else build_workbench(cfg)
         self.test_tok = self.bench.tokenize(self.test, cfg.data, train_on_prompt=False)
