@@ -15,11 +15,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedit.client.batching import collate, loss_token_count, plan_steps
+from fedit.client.loss import token_losses
 from fedit.config import TrainConfig
-from fedit.data.prompts import IGNORE_INDEX, TokenizedExample
+from fedit.data.prompts import TokenizedExample
 from fedit.model import AdapterState, autocast, get_adapter_state, set_adapter_state
 
 logger = logging.getLogger(__name__)
@@ -40,13 +40,6 @@ class ClientUpdate:
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
     """A 63-bit seed that depends only on (seed, round, client)."""
     return int(np.random.SeedSequence([seed, round_idx, client_id]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def response_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross-entropy over labelled positions (fp32 on the selected rows only)."""
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    return F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum")
 
 
 class LocalTrainer:
@@ -104,9 +97,7 @@ class LocalTrainer:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in collate(mb, self.pad_id).items()}
             t0 = time.perf_counter()
             with autocast(self.device, self.autocast_dtype):
-                logits = self.model(input_ids=batch["input_ids"],
-                                    attention_mask=batch["attention_mask"]).logits
-            loss_sum = response_loss_sum(logits, batch["labels"])
+                loss_sum = token_losses(self.model, batch)[0].sum()
             (loss_sum / denom).backward()
             step_loss += loss_sum.item()
             stats["compute_s"] += time.perf_counter() - t0

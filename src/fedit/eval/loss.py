@@ -7,10 +7,10 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from fedit.client.batching import collate
-from fedit.data.prompts import IGNORE_INDEX, TokenizedExample
+from fedit.client.loss import token_losses
+from fedit.data.prompts import TokenizedExample
 from fedit.model import autocast
 
 
@@ -33,13 +33,11 @@ def per_example_losses(model: torch.nn.Module, examples: Sequence[TokenizedExamp
         idx = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
         with autocast(device, autocast_dtype):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]
-        keep = targets != IGNORE_INDEX
-        tok_loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0),
-                                   reduction="none") * keep
+            losses, rows = token_losses(model, batch)
+        sums = torch.zeros(len(idx), dtype=torch.float64, device=losses.device).index_add_(0, rows, losses.double())
+        counts = torch.bincount(rows, minlength=len(idx))
         for row, i in enumerate(idx):
-            out[i] = (tok_loss[row].sum().item(), int(keep[row].sum().item()))
+            out[i] = (sums[row].item(), int(counts[row].item()))
     model.train(was_training)
     return out
 

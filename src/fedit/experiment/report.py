@@ -129,7 +129,8 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
                  f"partition), {cfg['federation']['rounds']} rounds of {cfg['federation']['clients_per_round']} "
                  f"clients ({cfg['federation']['strategy']}), seed {cfg['federation']['seed']}; held-out "
                  f"`{cfg['data']['test_data']}`: {s['test_records']} records for loss, "
-                 f"{s['generation']['records']} generated greedily (max {s['generation']['max_new_tokens']} new tokens).")
+                 f"{s['generation']['records']} generated greedily "
+                 f"(max {s['generation']['max_new_tokens']} new tokens).")
     lines.append(f"Budget rule: {s['budget_rule']}")
     mix = s.get("local_mix", {})
     if mix:
@@ -192,7 +193,8 @@ def write_html(results: dict[str, Any], figs: dict[str, Path], out: Path) -> Pat
         parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}")
     for title, path in figs.items():
         data = base64.b64encode(path.read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+        parts.append(f"<h2>{html.escape(title)}</h2>"
+                     f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
     if results.get("examples"):
         parts.append("<h2>Example responses</h2>")
         for ex in results["examples"]:

@@ -29,7 +29,7 @@ from fedit.experiment.evaluate import GEN_BATCH, evaluate_system, generation_sub
 from fedit.experiment.settings import ExperimentSettings
 from fedit.experiment.systems import (SystemSpec, budget_rule, choose_local_clients, plan_systems,
                                       spec_record, train_config)
-from fedit.experiment.tracking import ExperimentProgress
+from fedit.experiment.tracking import ExperimentProgress, units
 from fedit.model import AdapterState, load_adapter_state, save_adapter
 from fedit.progress import Progress
 from fedit.runners.checkpoint import atomic_write_text
@@ -102,13 +102,15 @@ class Experiment:
         start = time.perf_counter()
         ensure_dir(self.system_dir(spec.name))
         state, train, loss = self._trained_state(spec, tracker)
-        with tracker.phase(f"{spec.name} evaluation", self._eval_batches()) as bar:
+        gen_unit = units(gen_batches=1, max_new_tokens=self.settings.max_new_tokens)
+        with tracker.phase(f"{spec.name} generation", self._eval_batches(), scale=gen_unit) as bar:
             result = evaluate_system(self.bench, state, self.test_tok, self.test, self.gen_idx,
                                      template=self.cfg.data.template,
                                      eval_batch_size=self.cfg.federation.eval_batch_size,
                                      max_new_tokens=self.settings.max_new_tokens,
                                      em_categories=self.settings.em_categories, loss=loss,
                                      on_batch=lambda: bar.advance())
+        tracker.skip(self._loss_units() * (self.cfg.federation.rounds + 1 if spec.kind == "fedit" else 1))
         result = {"spec": spec_record(spec), "eval_settings": self.settings.eval_record(),
                   "train": train, "seconds": time.perf_counter() - start, **result}
         atomic_write_text(self.system_dir(spec.name) / RESULT, json.dumps(result, indent=1, default=float) + "\n")
@@ -119,6 +121,9 @@ class Experiment:
 
     def _eval_batches(self) -> int:
         return -(-len(self.gen_idx) // GEN_BATCH)
+
+    def _loss_units(self) -> float:
+        return units(loss_batches=-(-len(self.test_tok) // self.cfg.federation.eval_batch_size))
 
     def _trained_state(self, spec: SystemSpec, tracker: ExperimentProgress
                        ) -> tuple[AdapterState, dict[str, Any], dict[str, Any] | None]:
@@ -139,7 +144,8 @@ class Experiment:
             [ex for part in self.client_tok for ex in part]
         client_id = spec.client if spec.kind == "local" else len(self.clients)  # centralized: its own id
         with tracker.phase(f"{spec.name} steps", spec.steps) as bar:
-            update = self.bench.trainer.fit(self.bench.initial_state, examples, train_config(self.cfg.train, spec.steps),
+            update = self.bench.trainer.fit(self.bench.initial_state, examples,
+                                            train_config(self.cfg.train, spec.steps),
                                             seed=self.cfg.federation.seed, round_idx=0, client_id=client_id,
                                             on_step=lambda step, total, loss: bar.advance(loss=loss))
         train = {"spec": spec_record(spec), "examples": len(examples), **update.metrics}
@@ -176,9 +182,11 @@ class Experiment:
         return self.collect(results)
 
     def _work_estimate(self, specs: list[SystemSpec]) -> float:
-        """Work units of the pending systems: training steps + evaluation (see ExperimentProgress)."""
-        evals = len(specs) * self._eval_batches()
-        return float(sum(s.steps for s in specs if s.kind != "base") + evals)
+        """Work units of the pending systems: training steps, generation and loss passes (fedit:
+        one per round and one before training); see fedit.experiment.tracking.units."""
+        gen = units(gen_batches=self._eval_batches(), max_new_tokens=self.settings.max_new_tokens)
+        loss_passes = sum(self.cfg.federation.rounds + 1 if s.kind == "fedit" else 1 for s in specs)
+        return sum(s.steps for s in specs if s.kind != "base") + len(specs) * gen + loss_passes * self._loss_units()
 
     def collect(self, fresh: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Every finished system in --out (this run's and earlier ones'), in report order."""
