@@ -38,9 +38,10 @@ def claims(results: dict[str, Any]) -> dict[str, Any]:
         if locals_:
             out[f"fedit_beats_all_local_{metric}"] = all(better(f, s[n][metric]) == f and f != s[n][metric]
                                                          for n in locals_)
-        if "base" in s and "centralized" in s:
+        if "base" in s and "centralized" in s:   # only meaningful when centralized improved on base
             gain = s["centralized"][metric] - s["base"][metric]
-            out[f"recovered_{metric}"] = (f - s["base"][metric]) / gain if gain else None
+            improved = better(s["centralized"][metric], s["base"][metric]) == s["centralized"][metric]
+            out[f"recovered_{metric}"] = (f - s["base"][metric]) / gain if gain and improved else None
     return out
 
 
@@ -85,14 +86,19 @@ def tables(results: dict[str, Any]) -> list[Table]:
 
 
 def examples(results: dict[str, Any], test: Sequence[Any], n: int) -> list[dict[str, Any]]:
-    """The first ``n`` generated test records with every system's answer (the paper's Table 3)."""
+    """``n`` generated test records (different categories first) with every system's answer (the
+    paper's Table 3)."""
     systems = results["systems"]
     first = next(iter(systems.values()), None)
     if not first or n == 0:
         return []
+    answers = first["answers"]
+    seen: set[str] = set()
+    picks = [p for p, a in enumerate(answers) if a["category"] not in seen and not seen.add(a["category"])]
+    picks = (picks + [p for p in range(len(answers)) if p not in picks])[:n]   # one per category first
     out = []
-    for pos, ans in enumerate(first["answers"][:n]):
-        ex = test[ans["test_index"]]
+    for pos in picks:
+        ex = test[answers[pos]["test_index"]]
         out.append({"instruction": ex.instruction, "context": ex.context, "category": ex.category,
                     "reference": ex.response,
                     "answers": {name: r["answers"][pos]["answer"] for name, r in systems.items()
