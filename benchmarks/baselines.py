@@ -88,8 +88,9 @@ def _peft_model(sim, reload: bool):
                                            task_type="CAUSAL_LM"))
 
 
-def trainer_per_client_round(sim, clients, workdir: Path, reload: bool) -> float:
-    """Seconds for one round of `clients`, Shepherd-style, same steps and batch as fedit."""
+def trainer_per_client_round(sim, clients, workdir: Path, reload: bool) -> tuple[float, float]:
+    """Seconds for one round of `clients`, Shepherd-style, same steps and batch as fedit, and the
+    part of it spent inside ``Trainer.train`` (the rest is per-client set-up and disk I/O)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
@@ -97,7 +98,7 @@ def trainer_per_client_round(sim, clients, workdir: Path, reload: bool) -> float
     hf_logging.set_verbosity_error()
     train = sim.cfg.train
     t0 = time.perf_counter()
-    sizes = []
+    sizes, in_train = [], 0.0
     for cid in clients:
         model = _peft_model(sim, reload)
         set_peft_model_state_dict(model, sim.state)
@@ -113,11 +114,14 @@ def trainer_per_client_round(sim, clients, workdir: Path, reload: bool) -> float
             dataloader_num_workers=0, disable_tqdm=True)
         collator = DataCollatorForSeq2Seq(sim.bench.tokenizer, pad_to_multiple_of=8, padding=True,
                                           return_tensors="pt")
-        Trainer(model=model, args=args, train_dataset=ds, data_collator=collator).train()
+        trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator)
+        t_train = time.perf_counter()
+        trainer.train()
+        in_train += time.perf_counter() - t_train
         torch.save(get_peft_model_state_dict(model), workdir / f"client_{cid}" / "pytorch_model.bin")
         set_peft_model_state_dict(model, old)
         model.eval()
     states = [torch.load(workdir / f"client_{cid}" / "pytorch_model.bin") for cid in clients]
     new = weighted_mean(states, sizes)
     set_peft_model_state_dict(sim.bench.model, new)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, in_train

@@ -123,8 +123,9 @@ def bench_rounds(cfg: Config, folder: Path, tmp: Path, repeats: int) -> dict:
     overhead = [(r["seconds"] - r["client_compute_seconds"]) / r["seconds"] for r in timed_rounds]
     t_fedit = min(r["seconds"] for r in timed_rounds)
     clients = list(range(len(sim.clients)))
-    shepherd = best_of(lambda: trainer_per_client_round(sim, clients, tmp / "shepherd", reload=False), repeats)
-    flowertune = trainer_per_client_round(sim, clients, tmp / "flowertune", reload=True)
+    shepherd, shepherd_train = min(trainer_per_client_round(sim, clients, tmp / "shepherd", reload=False)
+                                   for _ in range(repeats))
+    flowertune, _ = trainer_per_client_round(sim, clients, tmp / "flowertune", reload=True)
     swap = []
     for _ in range(20):
         t0 = time.perf_counter()
@@ -136,6 +137,8 @@ def bench_rounds(cfg: Config, folder: Path, tmp: Path, repeats: int) -> dict:
         "fedit_round_s": t_fedit, "fedit_first_round_s": records[0]["seconds"],
         "overhead_share": min(overhead), "overhead_share_all": overhead,
         "trainer_per_client_round_s": shepherd, "speedup_vs_trainer_per_client": shepherd / t_fedit,
+        "trainer_per_client_setup_s": shepherd - shepherd_train,
+        "fedit_client_compute_s": min(r["client_compute_seconds"] for r in timed_rounds),
         "trainer_per_client_reload_round_s": flowertune,
         "speedup_vs_trainer_per_client_reload": flowertune / t_fedit,
         "adapter_swap_ms": 1000 * statistics.median(swap),
@@ -151,6 +154,8 @@ def table(results: dict) -> str:
          "", "<= 2 %"),
         ("round: fedit vs Trainer per client (Shepherd)", f"{r['fedit_round_s']:.1f} vs {r['trainer_per_client_round_s']:.1f} s",
          f"{r['speedup_vs_trainer_per_client']:.2f}x", ">= 3x"),
+        ("  of which Trainer-per-client outside Trainer.train", f"{r['trainer_per_client_setup_s']:.1f} s "
+         f"(fedit: {r['fedit_round_s'] - r['fedit_client_compute_s']:.1f} s outside fwd/bwd/step)", "", ""),
         ("round: fedit vs Trainer + model reload per client", f"{r['fedit_round_s']:.1f} vs {r['trainer_per_client_reload_round_s']:.1f} s",
          f"{r['speedup_vs_trainer_per_client_reload']:.2f}x", "(FlowerTune-like)"),
         ("useful tok/s, dynamic vs pad to max length", f"{t['plain_tokens_per_s']:.0f} vs {t['padded_to_max_useful_tokens_per_s']:.0f} tok/s",
