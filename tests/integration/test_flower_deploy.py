@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -111,4 +113,56 @@ def test_tls_auth_faulty_and_unregistered_nodes(tmp_path: Path) -> None:
     assert any("dropping update: client 2" in line for line in lines)   # one line in the server log
     assert (out / "final" / "adapter_model.safetensors").is_file()
     assert all(line.count("\n") == 0 for line in lines)
+    _assert_all_stopped(result.work_dir)
+
+
+def _kill_node_when_training(data_path: Path, stop: "threading.Event", killed: list[int]) -> None:
+    """Watch for the SuperNode serving ``data_path``; when its second ClientApp process (the first
+    is the roll call, the second the train message) has started, SIGKILL the node and that app."""
+    node, seen = None, []
+    while not stop.is_set() and not killed:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if node is None and "flower-supernode" in cmd and str(data_path) in cmd:
+                node = proc
+                port = cmd.split("--port ", 1)[1].split()[0]
+            elif node is not None and "flwr-clientapp" in cmd and f"127.0.0.1:{port} " in cmd + " " \
+                    and proc.pid not in seen:
+                seen.append(proc.pid)
+                if len(seen) == 2:
+                    time.sleep(1.0)                      # it is loading the model: mid-round
+                    for victim in (proc, node):
+                        try:
+                            victim.kill()
+                        except psutil.Error:
+                            pass
+                    killed.append(node.pid)
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_node_dying_mid_round_costs_only_its_update(tmp_path: Path) -> None:
+    """A SuperNode killed while it trains: the round times out on it and aggregates the others."""
+    doomed = tmp_path / "doomed.json"
+    doomed.write_text((TINY / "client_2.json").read_text())
+    cfg = load_config("cpu-demo").override(dict(
+        model="tiny-random", test_data=None, partition="files", rounds=1, clients_per_round=3,
+        local_steps=2, batch_size=4, micro_batch_size=2))
+    out = tmp_path / "run"
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_node_when_training, args=(doomed, stop, killed), daemon=True)
+    watcher.start()
+    opts = LocalOptions(node_data=[TINY / "client_0.json", TINY / "client_1.json", doomed], min_nodes=2,
+                        round_timeout=60)
+    try:
+        result = deploy_local(cfg, out, opts, echo=lambda line: None)
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert killed, "the doomed node never started training"
+    rounds = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rounds if r["type"] == "round"][-1]
+    assert last["round"] == 1 and last["clients"] == [0, 1]
+    assert len(last["dropped"]) == 1 and last["dropped"][0].startswith("client 2")
+    assert (out / "final" / "adapter_model.safetensors").is_file()
     _assert_all_stopped(result.work_dir)

@@ -105,7 +105,7 @@ class FlowerServer:
         node_ids = self._wait_for_nodes()
         msgs = [Message(RecordDict({wire.CONFIG: ConfigRecord({"hello": 1})}), dst_node_id=n,
                         message_type=MessageType.QUERY, group_id="roll-call") for n in node_ids]
-        replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.s.node_timeout)}
+        replies = exchange(self.grid, msgs, node_ids, self.s.node_timeout)
         pinned: dict[int, int] = {}
         free, info = [], {}
         for node in node_ids:
@@ -152,9 +152,7 @@ class FlowerServer:
         msgs = [Message(wire.train_content(self.state, round_idx, cid, client_cfg["proximal_mu"]),
                         dst_node_id=self.nodes[cid], message_type=MessageType.TRAIN, group_id=str(round_idx))
                 for cid in clients]
-        by_node = {self.nodes[cid]: cid for cid in clients}
-        timeout = self.s.round_timeout or None
-        replies = {by_node[r.metadata.src_node_id]: r for r in self.grid.send_and_receive(msgs, timeout=timeout)}
+        replies = exchange(self.grid, msgs, clients, self.s.round_timeout or None)
         updates, failures = self._collect(round_idx, clients, replies)
         good, bad = filter_updates(self.state, updates)
         failures += bad
@@ -202,6 +200,25 @@ class FlowerServer:
         for round_idx in range(self.start_round + 1, self.cfg.federation.rounds + 1):
             self.run_round(round_idx)
         self.finish()
+
+
+def exchange(grid: Grid, msgs: list[Message], keys: list[Any], timeout: float | None) -> dict[Any, Message]:
+    """Send ``msgs`` and collect replies until all arrived or ``timeout``: {key of the message: reply}.
+
+    Replies are matched by ``reply_to_message_id``, not by sender: when a node dies, the SuperLink
+    answers for it with an error reply whose sender is not that node.
+    """
+    pending = {mid: key for mid, key in zip(grid.push_messages(msgs), keys) if mid is not None}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: dict[Any, Message] = {}
+    while pending and (deadline is None or time.monotonic() < deadline):
+        for reply in grid.pull_messages(list(pending)):
+            key = pending.pop(reply.metadata.reply_to_message_id, None)
+            if key is not None:
+                replies[key] = reply
+        if pending:
+            time.sleep(0.5)
+    return replies
 
 
 def _setup_logging() -> None:
