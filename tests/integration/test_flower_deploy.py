@@ -24,6 +24,7 @@ pytest.importorskip("flwr")
 
 from fedit.config import load_config  # noqa: E402
 from fedit.runners.flower.local import LocalOptions, deploy_local  # noqa: E402
+from fedit.runners.flower.processes import alive  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY = FIXTURES / "tiny"
@@ -33,21 +34,10 @@ JOB = ["--model", "tiny-random", "--test-data", str(TEST_DATA), "--partition", "
        "--local-steps", "3", "--batch-size", "4", "--micro-batch-size", "2", "--seed", "7"]
 
 
-def _alive(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.Error:
-            pass
-    return out
-
-
 def _assert_all_stopped(work_dir: Path) -> None:
     record = json.loads((work_dir / "pids.json").read_text())
     assert len(record["pids"]) >= 4, record  # SuperLink, SuperNodes, flwr run, their children
-    assert _alive(record["pids"]) == []
+    assert alive(record["pids"]) == []
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
