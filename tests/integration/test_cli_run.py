@@ -117,6 +117,7 @@ def test_user_error_in_a_real_process_has_no_traceback(tmp_path, fixtures_dir):
                           "--clients-per-round", "9"], capture_output=True, text=True)
     assert res.returncode == 2
     assert "--clients-per-round: 9 is more than the 3 clients" in error_line(res.stderr)
+    assert not (tmp_path / "o").exists()          # refused before anything was written
 
 
 @pytest.mark.parametrize("content, where", [

@@ -51,6 +51,7 @@ class Simulation:
     def setup(self) -> None:
         cfg = self.cfg
         self.clients = load_clients(cfg)  # validates the data before anything is written
+        cfg.federation.clients_to_sample(len(self.clients))  # e.g. --partition files: fewer files
         self.test = load_test(cfg)
         ckpt = self.run_dir.prepare(cfg, self.resume)
         self._write_partition_stats()
