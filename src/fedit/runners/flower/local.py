@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -77,6 +78,7 @@ class LocalFederation:
         self.cfg, self.out, self.opts = cfg, Path(out).resolve(), opts
         self.work = Path(opts.work_dir or default_work_dir(self.out)).resolve()
         self.env = flower_env(self.work / "flwr-home")
+        self.env.setdefault("OMP_NUM_THREADS", str(share_cores(cfg, len(opts.node_data))))
         self.group = ProcessGroup()
         self.echo = echo or (lambda line: logger.info("%s", line))
 
@@ -204,6 +206,13 @@ class LocalFederation:
             if done:
                 return
             time.sleep(0.3)
+
+
+def share_cores(cfg: Config, nodes: int) -> int:
+    """Threads per process when all nodes share this machine: the clients of a round train at the
+    same time, and oversubscribed OpenMP threads slow every one of them down many times over."""
+    concurrent = min(nodes, cfg.federation.clients_to_sample(nodes))
+    return max(1, (os.cpu_count() or 1) // max(1, concurrent))
 
 
 def deploy_local(cfg: Config, out: Path, opts: LocalOptions,
