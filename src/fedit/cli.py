@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -181,7 +182,9 @@ def _progress():
     return RichProgress(console) if console.is_terminal else nullcontext(None)
 
 
+@functools.lru_cache(maxsize=1)
 def _console():
+    """One stderr console shared by log lines and progress bars, so bars redraw in place."""
     from rich.console import Console
     return Console(stderr=True)
 
