@@ -19,7 +19,7 @@ from fedit.data.partition import (
     ShardPartitioner,
     make_partitioner,
 )
-from fedit.data.stats import partition_stats, plot_partition, write_partition
+from fedit.data.stats import partition_stats, plot_partition, write_partition, write_partition_stats
 
 __all__ = [
     "DOLLY_ENV",
@@ -40,4 +40,5 @@ __all__ = [
     "plot_partition",
     "resolve_data_path",
     "write_partition",
+    "write_partition_stats",
 ]

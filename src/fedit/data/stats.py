@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from fedit.data.loading import Example
+from fedit.fileio import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -26,22 +26,6 @@ def partition_stats(parts: Sequence[Sequence[Example]]) -> dict[str, Any]:
         clients.append({"client": index, "records": len(part),
                         "categories": {category: counts[category] for category in sorted(counts)}})
     return {"num_clients": len(parts), "categories": categories, "clients": clients}
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temp file in the same folder + os.replace, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # open() keeps the umask
-    try:
-        with open(tmp, "xb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def plot_partition(stats: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -77,7 +61,7 @@ def plot_partition(stats: dict[str, Any], path: str | os.PathLike[str]) -> None:
         ax.legend(title="category", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
                   title_fontsize=9, frameon=False, ncols=1 if len(categories) <= 20 else 2)
     target = Path(path)
-    _atomic_write(target, lambda handle: fig.savefig(handle, format="png", dpi=120))
+    atomic_write(target, lambda handle: fig.savefig(handle, format="png", dpi=120))
 
 
 def _palette(n: int) -> list[Any]:
@@ -91,6 +75,15 @@ def _palette(n: int) -> list[Any]:
     return [colormaps["gist_rainbow"](i / max(1, n - 1)) for i in range(n)]
 
 
+def write_partition_stats(parts: Sequence[Sequence[Example]], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write ``stats.json`` and ``categories.png`` of a partition into ``out_dir``; return the stats."""
+    out = Path(out_dir)
+    stats = partition_stats(parts)
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    plot_partition(stats, out / "categories.png")
+    return stats
+
+
 def write_partition(parts: Sequence[Sequence[Example]], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Write ``clients/client_{i:03d}.json`` (Dolly form), ``stats.json`` and ``categories.png``
     into ``out_dir`` (created if needed); return the stats. The ``clients`` folder alone is a
@@ -99,9 +92,7 @@ def write_partition(parts: Sequence[Sequence[Example]], out_dir: str | os.PathLi
     (out / "clients").mkdir(parents=True, exist_ok=True)
     for index, part in enumerate(parts):
         lines = ",\n".join(json.dumps(example.to_dict(), ensure_ascii=False) for example in part)
-        _write_text(out / "clients" / f"client_{index:03d}.json", f"[\n{lines}\n]\n" if lines else "[]\n")
-    stats = partition_stats(parts)
-    _write_text(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-    plot_partition(stats, out / "categories.png")
+        atomic_write_text(out / "clients" / f"client_{index:03d}.json", f"[\n{lines}\n]\n" if lines else "[]\n")
+    stats = write_partition_stats(parts, out)
     logger.debug("wrote %d client files, stats.json and categories.png to %s", len(parts), out)
     return stats

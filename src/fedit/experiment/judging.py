@@ -14,7 +14,7 @@ from fedit.experiment.evaluate import answer
 from fedit.experiment.judge import Judge
 from fedit.model import load_adapter_state
 from fedit.progress import Progress
-from fedit.runners.checkpoint import atomic_write_text
+from fedit.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from fedit.experiment.runner import Experiment

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from fedit.data import plot_partition
 from fedit.experiment.plots import fedit_rounds, plot_loss_rounds, plot_relative, relative_scores
-from fedit.runners.checkpoint import atomic_write_text
+from fedit.fileio import atomic_write_text
 
 Table = tuple[str, list[str], list[list[str]]]   # (title, header, rows)
 

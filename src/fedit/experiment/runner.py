@@ -32,7 +32,7 @@ from fedit.experiment.systems import (SystemSpec, budget_rule, choose_local_clie
 from fedit.experiment.tracking import ExperimentProgress, units
 from fedit.model import AdapterState, load_adapter_state, save_adapter
 from fedit.progress import Progress
-from fedit.runners.checkpoint import atomic_write_text
+from fedit.fileio import atomic_write_text
 from fedit.runners.common import build_workbench, ensure_dir, load_clients, load_test
 from fedit.runners.simulation import Simulation
 

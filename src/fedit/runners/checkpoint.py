@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedit.errors import CheckpointError
+from fedit.fileio import atomic_write_text
 from fedit.model import AdapterState
 
 logger = logging.getLogger(__name__)
@@ -31,15 +32,6 @@ class Checkpoint:
     adapter: AdapterState
     strategy: dict[str, Any]
     extra: dict[str, Any]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int = 2) -> Path:

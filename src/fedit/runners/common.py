@@ -5,18 +5,22 @@ the resident model with its LoRA adapter, the clients' data and the central eval
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from fedit.client import LocalTrainer
+from fedit.client import ClientUpdate, LocalTrainer
 from fedit.config import Config, DataConfig
 from fedit.data import Example, load_source, make_partitioner
 from fedit.data.prompts import TokenizedExample, tokenize_examples
 from fedit.eval import evaluate_loss
 from fedit.model import AdapterState, BaseModel, add_lora, get_adapter_state, load_base_model, set_adapter_state
+from fedit.runners.checkpoint import Checkpoint
+from fedit.runners.rundir import RunDir
+from fedit.server import Strategy
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +119,27 @@ def round_summary(record: dict[str, Any], rounds: int) -> str:
     if "seconds" in record:
         parts.append(f"{record['seconds']:.1f} s")
     return " | ".join(parts)
+
+
+def close_round(run_dir: RunDir, strategy: Strategy, cfg: Config, round_idx: int, clients: list[int],
+                state: AdapterState, updates: Sequence[ClientUpdate], good: Sequence[ClientUpdate],
+                failures: list[str], start: float) -> tuple[AdapterState, dict[str, Any]]:
+    """How every runner ends a round: aggregate the valid updates (the adapter stays as it was if
+    there are none), evaluate, log the round record, checkpoint and print the summary line."""
+    record: dict[str, Any] = {"type": "round", "round": round_idx, "clients": clients}
+    if good:
+        state, metrics = strategy.aggregate_train(round_idx, state, good)
+        record.update(metrics)
+    else:
+        logger.warning("round %d: no valid update; the global adapter is unchanged", round_idx)
+    record["dropped"] = failures
+    record["eval"] = strategy.evaluate(round_idx, state)
+    record["seconds"] = time.perf_counter() - start
+    record["client_compute_seconds"] = sum(u.metrics.get("compute_seconds", 0.0) for u in updates)
+    run_dir.log(record)
+    run_dir.checkpoint(Checkpoint(round_idx, state, strategy.state_dict(), {}), cfg.federation.keep_checkpoints)
+    logger.info(round_summary(record, cfg.federation.rounds))
+    return state, record
 
 
 def ensure_dir(path: Path) -> Path:

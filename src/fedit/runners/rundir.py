@@ -14,7 +14,8 @@ import yaml
 
 from fedit.config import Config, dump_config, flag
 from fedit.errors import CheckpointError, ConfigError
-from fedit.runners.checkpoint import (Checkpoint, MetricsLog, atomic_write_text, latest_checkpoint,
+from fedit.fileio import atomic_write_text
+from fedit.runners.checkpoint import (Checkpoint, MetricsLog, latest_checkpoint,
                                       load_checkpoint, save_checkpoint)
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ checkpoint that makes ``--resume`` possible.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,12 +16,11 @@ from typing import Any
 
 from fedit.client.batching import num_steps
 from fedit.config import Config
-from fedit.data import partition_stats, plot_partition
+from fedit.data import write_partition_stats
 from fedit.data.prompts import TokenizedExample
 from fedit.model import AdapterState, save_adapter
 from fedit.progress import Progress
-from fedit.runners.checkpoint import Checkpoint, atomic_write_text
-from fedit.runners.common import Workbench, build_workbench, load_clients, load_test, round_summary
+from fedit.runners.common import Workbench, build_workbench, close_round, load_clients, load_test, round_summary
 from fedit.runners.rundir import RunDir
 from fedit.server import filter_updates, make_strategy
 
@@ -54,7 +52,7 @@ class Simulation:
         cfg.federation.clients_to_sample(len(self.clients))  # e.g. --partition files: fewer files
         self.test = load_test(cfg)
         ckpt = self.run_dir.prepare(cfg, self.resume)
-        self._write_partition_stats()
+        write_partition_stats(self.clients, self.run_dir.path)
         self.bench: Workbench = self._bench if self._bench is not None else build_workbench(cfg)
         self.test_tok = self.bench.tokenize(self.test, cfg.data, train_on_prompt=False)
         self.strategy = make_strategy(cfg.federation.strategy, cfg.federation, cfg.train,
@@ -71,11 +69,6 @@ class Simulation:
             self.run_dir.log(record)
             self.history.append(record)
             logger.info(round_summary(record, cfg.federation.rounds))
-
-    def _write_partition_stats(self) -> None:
-        stats = partition_stats(self.clients)
-        atomic_write_text(self.run_dir.path / "stats.json", _json(stats))
-        plot_partition(stats, self.run_dir.path / "categories.png")
 
     def _evaluate(self, round_idx: int, state: AdapterState) -> dict[str, Any]:
         if not self.test_tok:
@@ -97,20 +90,8 @@ class Simulation:
                 updates.append(self._train_client(round_idx, cid, client_cfg))
                 bar.advance(loss=updates[-1].metrics["train_loss"])
         good, failures = filter_updates(self.state, updates)
-        record: dict[str, Any] = {"type": "round", "round": round_idx, "clients": clients}
-        if good:
-            self.state, metrics = self.strategy.aggregate_train(round_idx, self.state, good)
-            record.update(metrics)
-        else:
-            logger.warning("round %d: no valid update; the global adapter is unchanged", round_idx)
-        record["dropped"] = failures
-        record["eval"] = self.strategy.evaluate(round_idx, self.state)
-        record["seconds"] = time.perf_counter() - start
-        record["client_compute_seconds"] = sum(u.metrics["compute_seconds"] for u in updates)
-        self.run_dir.log(record)
-        self.run_dir.checkpoint(Checkpoint(round_idx, self.state, self.strategy.state_dict(), {}),
-                                self.cfg.federation.keep_checkpoints)
-        logger.info(round_summary(record, self.cfg.federation.rounds))
+        self.state, record = close_round(self.run_dir, self.strategy, self.cfg, round_idx, clients, self.state,
+                                         updates, good, failures, start)
         return record
 
     def _train_client(self, round_idx: int, cid: int, client_cfg: dict[str, Any]):
@@ -139,10 +120,6 @@ class Simulation:
                 self.history.append(self.run_round(round_idx))
                 bar.advance()
         return self.finish()
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=2) + "\n"
 
 
 def run_simulation(cfg: Config, out: str | Path, *, resume: bool = False,

@@ -24,8 +24,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedit.config import Config
 from fedit.errors import FeditError, UpdateError
 from fedit.model import AdapterState, save_adapter
-from fedit.runners.checkpoint import Checkpoint, atomic_write_text
-from fedit.runners.common import Workbench, build_workbench, load_test, round_summary
+from fedit.fileio import atomic_write_text
+from fedit.runners.common import Workbench, build_workbench, close_round, load_test, round_summary
 from fedit.runners.flower import wire
 from fedit.runners.rundir import RunDir
 from fedit.server import filter_updates, make_strategy
@@ -160,17 +160,8 @@ class FlowerServer:
             raise FeditError(f"round {round_idx}: {len(good)} valid update(s), fewer than --min-nodes "
                              f"{self.s.min_nodes} ({'; '.join(failures)}); the run stops after round "
                              f"{round_idx - 1}, resume it with --resume")
-        record: dict[str, Any] = {"type": "round", "round": round_idx, "clients": clients}
-        self.state, metrics = self.strategy.aggregate_train(round_idx, self.state, good)
-        record.update(metrics)
-        record["dropped"] = failures
-        record["eval"] = self.strategy.evaluate(round_idx, self.state)
-        record["seconds"] = time.perf_counter() - start
-        record["client_compute_seconds"] = sum(u.metrics.get("compute_seconds", 0.0) for u in updates)
-        self.run_dir.log(record)
-        self.run_dir.checkpoint(Checkpoint(round_idx, self.state, self.strategy.state_dict(), {}),
-                                self.cfg.federation.keep_checkpoints)
-        logger.info(round_summary(record, self.cfg.federation.rounds))
+        self.state, record = close_round(self.run_dir, self.strategy, self.cfg, round_idx, clients, self.state,
+                                         updates, good, failures, start)
         return record
 
     def _collect(self, round_idx: int, clients: list[int], replies: dict[int, Message]):
