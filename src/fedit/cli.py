@@ -50,9 +50,11 @@ def _field_type(hint: Any) -> Callable[[str], Any]:
     return base
 
 
-def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
-    """One flag per config field (all fields, or just ``names``), grouped by section."""
-    for section, cls in SECTIONS.items():
+def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None,
+                     sections: dict[str, type] | None = None) -> None:
+    """One flag per config field (all fields, or just ``names``), grouped by section; ``sections``
+    defaults to the run config's (fedit.config.SECTIONS)."""
+    for section, cls in (SECTIONS if sections is None else sections).items():
         hints = typing.get_type_hints(cls)
         fields = [f for f in dataclasses.fields(cls) if names is None or f.name in names]
         if not fields:
@@ -70,6 +72,12 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
                     kwargs["choices"] = f.metadata["choices"]
                     kwargs.pop("metavar")
             group.add_argument(flag(f.name), **kwargs)
+
+
+def section_from_args(cls: type, args: argparse.Namespace):
+    """A config section (e.g. fedit.config.DeployConfig) from the flags of its fields that were given."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:

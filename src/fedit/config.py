@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 from fedit.errors import ConfigError
+from fedit.registry import STRATEGIES
 
-STRATEGY_NAMES = ("fedavg", "fedavgm", "fedprox")
+STRATEGY_NAMES = tuple(STRATEGIES)
 PARTITION_NAMES = ("iid", "dirichlet", "shards", "files")
 TEMPLATE_NAMES = ("chat", "alpaca")
 
@@ -215,6 +216,10 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """Every field of every section by its own name (names are unique across sections)."""
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> Config:
         """Build from a nested dict (a preset or a config.yaml); unknown keys are errors."""
@@ -242,6 +247,34 @@ class Config:
                 raise ConfigError(f"{flag(key)}: unknown option")
             nested[owner[key]][key] = value
         return Config.from_dict(nested)
+
+
+@dataclass
+class DeployConfig(_Section):
+    """Settings of a Flower deployment's server side (not part of a run's config.yaml: they
+    change how the federation is run, not what it computes)."""
+
+    min_nodes: int = _opt(1, "valid updates a round needs; fewer stops the run (resumable with --resume)")
+    wait_nodes: int | None = _opt(None, "nodes to wait for before round 1 (default: --min-nodes; "
+                                  "deploy local: every --node-data node)")
+    node_timeout: float = _opt(300.0, "seconds to wait for the nodes to connect and answer the roll call")
+    round_timeout: float = _opt(0.0, "seconds a round waits for replies (0: until every node answers)")
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        _require(self.min_nodes >= 1, "min_nodes", f"must be at least 1, got {self.min_nodes}")
+        _require(self.wait_nodes is None or self.wait_nodes >= 1, "wait_nodes",
+                 f"must be at least 1, got {self.wait_nodes}")
+        _require(self.node_timeout > 0, "node_timeout", f"must be positive, got {self.node_timeout}")
+        _require(self.round_timeout >= 0, "round_timeout", f"must be >= 0 (0: no limit), got {self.round_timeout}")
+
+    @property
+    def nodes_to_wait_for(self) -> int:
+        return max(self.min_nodes, self.wait_nodes or self.min_nodes)
+
+
+# Sections that define CLI flags besides the run's own (their names must not clash with any).
+EXTRA_SECTIONS: dict[str, type[_Section]] = {"deploy": DeployConfig}
 
 
 def field_sections() -> dict[str, str]:

@@ -60,20 +60,20 @@ def test_adapter_loads_in_plain_peft(full_run):
 
 def test_resume_after_crash_gives_identical_adapter(full_run, fixtures_dir, tmp_path, monkeypatch):
     out = tmp_path / "crashed"
-    original = simulation.Simulation._train_client
+    original = simulation.InProcessClients.train_client
     calls = {"n": 0}
 
-    def crash_in_round_2(self, round_idx, cid, client_cfg):
-        if round_idx == 2 and calls["n"] == 1:
+    def crash_in_round_2(self, job):
+        if job.round == 2 and calls["n"] == 1:
             raise KeyboardInterrupt
-        if round_idx == 2:
+        if job.round == 2:
             calls["n"] += 1
-        return original(self, round_idx, cid, client_cfg)
+        return original(self, job)
 
-    monkeypatch.setattr(simulation.Simulation, "_train_client", crash_in_round_2)
+    monkeypatch.setattr(simulation.InProcessClients, "train_client", crash_in_round_2)
     assert main(run_args(fixtures_dir, out, "--rounds", "3")) == 130
     assert not (out / "final").exists() and (out / "checkpoints" / "round_0001").is_dir()
-    monkeypatch.setattr(simulation.Simulation, "_train_client", original)
+    monkeypatch.setattr(simulation.InProcessClients, "train_client", original)
     assert main(["run", "--out", str(out), "--resume"]) == 0
     a, b = final_state(full_run), final_state(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

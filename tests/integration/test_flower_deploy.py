@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 pytest.importorskip("flwr")
 
 from fedit.config import load_config  # noqa: E402
+from fedit.config import DeployConfig  # noqa: E402
 from fedit.runners.flower.local import LocalOptions, deploy_local  # noqa: E402
 from fedit.runners.flower.processes import alive  # noqa: E402
 
@@ -85,7 +86,7 @@ def test_tls_auth_faulty_and_unregistered_nodes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     lines: list[str] = []
     opts = LocalOptions(node_data=[TINY / "client_0.json", TINY / "client_1.json", bad], tls=True, auth=True,
-                        min_nodes=2, unregistered_nodes=[TINY / "client_2.json"])
+                        deploy=DeployConfig(min_nodes=2), unregistered_nodes=[TINY / "client_2.json"])
     result = deploy_local(cfg, out, opts, echo=lines.append)
 
     assert result.unregistered_refused is True
@@ -142,8 +143,8 @@ def test_node_dying_mid_round_costs_only_its_update(tmp_path: Path) -> None:
     stop, killed = threading.Event(), []
     watcher = threading.Thread(target=_kill_node_when_training, args=(doomed, stop, killed), daemon=True)
     watcher.start()
-    opts = LocalOptions(node_data=[TINY / "client_0.json", TINY / "client_1.json", doomed], min_nodes=2,
-                        round_timeout=60)
+    opts = LocalOptions(node_data=[TINY / "client_0.json", TINY / "client_1.json", doomed],
+                        deploy=DeployConfig(min_nodes=2, round_timeout=60))
     try:
         result = deploy_local(cfg, out, opts, echo=lambda line: None)
     finally:

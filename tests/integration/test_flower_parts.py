@@ -15,8 +15,8 @@ from types import SimpleNamespace  # noqa: E402
 from flwr.app import RecordDict  # noqa: E402
 
 from fedit.cli import main  # noqa: E402
-from fedit.client.train import ClientUpdate  # noqa: E402
-from fedit.config import Config, load_config  # noqa: E402
+from fedit.client.job import ClientJob, ClientUpdate  # noqa: E402
+from fedit.config import Config, DeployConfig, load_config  # noqa: E402
 from fedit.errors import UpdateError  # noqa: E402
 from fedit.runners.flower import wire  # noqa: E402
 from fedit.runners.flower.client_app import node_records  # noqa: E402
@@ -31,13 +31,20 @@ def _reply(content: RecordDict | None = None, error: str | None = None) -> Simpl
 
 def test_config_and_update_round_trip(tmp_path: Path) -> None:
     cfg = load_config("cpu-demo").override({"model": "tiny-random", "rounds": 4})
-    values = wire.run_config_values(cfg, tmp_path / "run", min_nodes=2)
+    values = wire.run_config_values(cfg, tmp_path / "run", deploy=DeployConfig(min_nodes=2))
     assert wire.config_from_run(values) == cfg and values["out"] == str((tmp_path / "run").resolve())
+    assert wire.deploy_from_run(values) == DeployConfig(min_nodes=2, wait_nodes=2)
     state = {"a.lora_A.weight": torch.randn(2, 3), "a.lora_B.weight": torch.randn(3, 2)}
-    update = ClientUpdate(1, state, 7, {"train_loss": 1.5, "steps": 3})
+    extra = {"c": {"a.lora_A.weight": torch.ones(2, 3)}}
+    update = ClientUpdate(1, state, 7, {"train_loss": 1.5, "steps": 3}, extra)
     back = wire.update_from_reply(_reply(wire.update_content(update)), 1)
     assert back.num_examples == 7 and back.metrics == {"train_loss": 1.5, "steps": 3}
     assert all(torch.equal(back.state[k], state[k]) for k in state)
+    assert set(back.arrays) == {"c"} and torch.equal(back.arrays["c"]["a.lora_A.weight"], torch.ones(2, 3))
+    job = ClientJob(2, 3, state, {"proximal_mu": 0.5, "local_steps": 4}, extra)
+    sent = wire.job_from_message(SimpleNamespace(content=wire.train_content(job)))
+    assert (sent.client_id, sent.round, sent.config) == (2, 3, {"proximal_mu": 0.5, "local_steps": 4})
+    assert all(torch.equal(sent.state[k], state[k]) for k in state) and set(sent.arrays) == {"c"}
 
 
 def test_error_reply_is_one_line_update_error() -> None:

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from fedit.client import ClientUpdate
-from fedit.config import STRATEGY_NAMES, FederationConfig, TrainConfig
-from fedit.server import STRATEGIES, ClientSampler, filter_updates, lora_product_gap, make_strategy, weighted_mean
+from fedit.config import STRATEGY_NAMES, Config
+from fedit.registry import STRATEGIES
+from fedit.server import (ClientSampler, Strategy, StrategyWrapper, build_strategy, filter_updates, lora_product_gap,
+                          make_strategy, strategy_class, weighted_mean)
 
 A, B = "m.lora_A.weight", "m.lora_B.weight"
 
@@ -66,37 +68,83 @@ def test_strategy_registry_matches_config_choices():
     assert set(STRATEGIES) == set(STRATEGY_NAMES)
 
 
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_registered_strategy_builds_from_the_config(name):
+    cls = strategy_class(name)
+    assert issubclass(cls, Strategy) and cls.name == name
+    strategy = build_strategy(Config().override({"strategy": name, "num_clients": 4, "clients_per_round": 2}), 4)
+    jobs = strategy.configure_train(1, {A: torch.zeros(1, 1)})
+    assert len(jobs) == 2 and all(j.round == 1 and j.state[A].shape == (1, 1) for j in jobs)
+
+
+def base(**kw):
+    return {"num_clients": 1, "clients_per_round": 1, "seed": 0, **kw}
+
+
 def _updates(*specs):
     return [ClientUpdate(i, state(a, b), n, {"train_loss": 1.0}) for i, (a, b, n) in enumerate(specs)]
 
 
 def test_fedavg_aggregate_and_metrics():
-    fed = FederationConfig(rounds=1, clients_per_round=2)
-    strat = make_strategy("fedavg", fed, TrainConfig(), num_clients=2)
+    strat = make_strategy("fedavg", **base(num_clients=2, clients_per_round=2))
     new, metrics = strat.aggregate_train(1, state(0, 0), _updates((1, 2, 1), (4, 8, 3)))
     assert new[A].item() == pytest.approx(3.25) and metrics["num_examples"] == 4
     assert metrics["clients"] == [0, 1] and "lora_gap_mean" in metrics
 
 
 def test_fedavgm_momentum_hand_computed():
-    fed = FederationConfig(rounds=2, clients_per_round=1, server_lr=1.0, server_momentum=0.5)
-    strat = make_strategy("fedavgm", fed, TrainConfig(), num_clients=1)
+    strat = make_strategy("fedavgm", server_lr=1.0, server_momentum=0.5, **base())
     w0 = state(0, 0)
     w1, _ = strat.aggregate_train(1, w0, _updates((2, 2, 1)))       # v = 2 ; w = 2
     assert w1[A].item() == pytest.approx(2.0)
     w2, _ = strat.aggregate_train(2, w1, _updates((3, 3, 1)))       # v = 0.5*2 + 1 = 2 ; w = 4
     assert w2[A].item() == pytest.approx(4.0)
-    restored = make_strategy("fedavgm", fed, TrainConfig(), num_clients=1)
+    restored = make_strategy("fedavgm", server_lr=1.0, server_momentum=0.5, **base())
     restored.load_state_dict(strat.state_dict())
     assert torch.equal(restored.momentum[A], strat.momentum[A])
 
 
 def test_fedprox_sends_mu():
-    fed = FederationConfig(rounds=1, clients_per_round=1, strategy="fedprox")
-    _, cfg = make_strategy("fedprox", fed, TrainConfig(proximal_mu=0.3), num_clients=3).configure_train(1)
-    assert cfg["proximal_mu"] == 0.3
-    _, cfg = make_strategy("fedavg", fed, TrainConfig(proximal_mu=0.3), num_clients=3).configure_train(1)
-    assert cfg["proximal_mu"] == 0.0
+    cfg = Config().override({"strategy": "fedprox", "proximal_mu": 0.3, "num_clients": 3, "clients_per_round": 1})
+    [job] = build_strategy(cfg, 3).configure_train(1, state(0, 0))
+    assert job.config == {"proximal_mu": 0.3}
+    [job] = build_strategy(cfg.override({"strategy": "fedavg"}), 3).configure_train(1, state(0, 0))
+    assert job.config == {}
+
+
+class Halve(StrategyWrapper):
+    """A toy wrapper: halves the step the inner strategy takes, keeps a counter as state."""
+
+    name = "halve"
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.calls = 0
+
+    def aggregate_train(self, round_idx, global_state, updates):
+        new, metrics = super().aggregate_train(round_idx, global_state, updates)
+        self.calls += 1
+        return {k: global_state[k] + 0.5 * (new[k] - global_state[k]) for k in new}, metrics
+
+    def state_dict(self):
+        return {**super().state_dict(), "calls": self.calls}
+
+    def load_state_dict(self, s):
+        super().load_state_dict(s)
+        self.calls = s["calls"]
+
+
+def test_wrapper_composes_with_any_strategy():
+    wrapped = Halve(make_strategy("fedavgm", server_lr=1.0, server_momentum=0.5, **base()))
+    assert wrapped.describe() == "halve(fedavgm)" and wrapped.num_clients == 1
+    w1, _ = wrapped.aggregate_train(1, state(0, 0), _updates((2, 2, 1)))   # fedavgm: 2 -> halved: 1
+    assert w1[A].item() == pytest.approx(1.0)
+    assert [j.client_id for j in wrapped.configure_train(2, w1)] == [0]
+    saved = wrapped.state_dict()
+    assert saved["calls"] == 1 and torch.equal(saved["inner"]["momentum"][A], torch.tensor([[2.0]]))
+    again = Halve(make_strategy("fedavgm", server_lr=1.0, server_momentum=0.5, **base()))
+    again.load_state_dict(saved)
+    assert again.calls == 1 and torch.equal(again.inner.momentum[A], torch.tensor([[2.0]]))
 
 
 def test_filter_updates_drops_bad_replies():

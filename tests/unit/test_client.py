@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedit.client.job import ClientJob, run_job
 from fedit.config import DataConfig, TrainConfig
+from fedit.errors import ConfigError
 from fedit.data import load_examples
 
 
@@ -53,7 +55,22 @@ def test_round_and_client_change_the_update(tiny_bench, data):
         assert any(not torch.equal(base.state[k], other.state[k]) for k in base.state)
 
 
+def job_update(bench, data, config):
+    job = ClientJob(0, 1, bench.initial_state, config)
+    return run_job(bench.trainer, job, data, CFG, seed=1)[0]
+
+
 def test_fedprox_pulls_towards_global(tiny_bench, data):
     def dist(update):
         return sum((update.state[k] - tiny_bench.initial_state[k]).norm() ** 2 for k in update.state)
-    assert dist(fit(tiny_bench, data, proximal_mu=50.0)) < dist(fit(tiny_bench, data))
+    plain = job_update(tiny_bench, data, {})
+    assert all(torch.equal(plain.state[k], fit(tiny_bench, data).state[k]) for k in plain.state)
+    assert dist(job_update(tiny_bench, data, {"proximal_mu": 50.0})) < dist(plain)
+
+
+def test_job_config_overrides_and_unknown_keys(tiny_bench, data):
+    assert job_update(tiny_bench, data, {"local_steps": 1}).metrics["steps"] == 1
+    with pytest.raises(ConfigError, match="unknown key 'proximal_muu'"):
+        job_update(tiny_bench, data, {"proximal_muu": 1.0})
+    with pytest.raises(ConfigError, match="local_steps: expected int"):
+        job_update(tiny_bench, data, {"local_steps": "3"})

@@ -59,3 +59,29 @@ def test_yaml_errors(tmp_path):
         load_config(str(bad))
     with pytest.raises(ConfigError, match="--config: 'nope' is neither a preset"):
         load_config("nope")
+
+
+def test_no_two_sections_define_the_same_flag():
+    import dataclasses
+
+    from fedit.config import EXTRA_SECTIONS, SECTIONS
+
+    names = [f.name for cls in [*SECTIONS.values(), *EXTRA_SECTIONS.values()] for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)
+
+
+def test_every_parser_builds_without_flag_conflicts():
+    from fedit.cli import build_parser
+
+    build_parser()  # argparse raises on a flag defined twice in one parser
+
+
+def test_deploy_settings_are_validated_with_their_flag():
+    from fedit.config import DeployConfig
+
+    with pytest.raises(ConfigError, match="^--min-nodes: must be at least 1, got 0$"):
+        DeployConfig(min_nodes=0)
+    with pytest.raises(ConfigError, match="^--round-timeout: must be >= 0"):
+        DeployConfig(round_timeout=-1.0)
+    assert DeployConfig(min_nodes=2).nodes_to_wait_for == 2
+    assert DeployConfig(min_nodes=2, wait_nodes=5).nodes_to_wait_for == 5

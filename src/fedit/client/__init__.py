@@ -1,5 +1,6 @@
-"""Client side: local LoRA training of one client at a time on a resident base model."""
+"""Client side: one client job (fedit.client.job) trained on a resident base model (fedit.client.train)."""
 
-from fedit.client.train import ClientUpdate, LocalTrainer, client_seed
+from fedit.client.job import ClientJob, ClientState, ClientUpdate, run_job
+from fedit.client.train import LocalTrainer, client_seed
 
-__all__ = ["ClientUpdate", "LocalTrainer", "client_seed"]
+__all__ = ["ClientJob", "ClientState", "ClientUpdate", "LocalTrainer", "client_seed", "run_job"]

@@ -10,31 +10,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from fedit.client.batching import collate, loss_token_count, plan_steps
+from fedit.client.job import ClientUpdate, Correction
 from fedit.client.loss import token_losses
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
-from fedit.model import AdapterState, autocast, get_adapter_state, set_adapter_state
+from fedit.model import AdapterState, adapter_parameters, autocast, get_adapter_state, set_adapter_state
 
 logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
-
-
-@dataclass
-class ClientUpdate:
-    """What a client sends back: the adapter, its weight for aggregation, and metrics."""
-
-    client_id: int
-    state: AdapterState
-    num_examples: int
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
@@ -51,27 +41,31 @@ class LocalTrainer:
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.pad_id = pad_id
-        self.params = [p for p in model.parameters() if p.requires_grad]
 
     def fit(self, global_state: AdapterState, examples: Sequence[TokenizedExample], cfg: TrainConfig,
-            *, seed: int, round_idx: int, client_id: int, proximal_mu: float = 0.0,
+            *, seed: int, round_idx: int, client_id: int, corrections: Sequence[Correction] = (),
             on_step: StepCallback | None = None) -> ClientUpdate:
-        """Run one local round and return the client's update."""
+        """Run one local round and return the client's update.
+
+        ``corrections`` add a method's term to the gradients of every step before clipping
+        (FedProx's proximal term, SCAFFOLD's control variates; see fedit.client.job).
+        """
         start = time.perf_counter()
         set_adapter_state(self.model, global_state)
+        named = adapter_parameters(self.model)
+        params = list(named.values())
         cseed = client_seed(seed, round_idx, client_id)
         plan = plan_steps([len(e.input_ids) for e in examples], batch_size=cfg.batch_size,
                           micro_batch_size=cfg.micro_batch_size, epochs=cfg.local_epochs,
                           steps=cfg.local_steps, rng=np.random.default_rng(cseed))
-        anchor = [p.detach().clone() for p in self.params] if proximal_mu > 0 else None
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         stats = {"loss_sum": 0.0, "tokens": 0, "padded_tokens": 0, "compute_s": 0.0}
         self.model.train()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cseed)
             for step_idx, step in enumerate(plan):
-                loss = self._step(step, examples, optimizer, cfg, anchor, proximal_mu, stats)
+                loss = self._step(step, examples, optimizer, cfg, named, corrections, stats)
                 if on_step is not None:
                     on_step(step_idx + 1, len(plan), loss)
         self.model.eval()
@@ -89,7 +83,8 @@ class LocalTrainer:
         return ClientUpdate(client_id, state, len(examples), metrics)
 
     def _step(self, step: list[list[int]], examples: Sequence[TokenizedExample], optimizer,
-              cfg: TrainConfig, anchor: list[torch.Tensor] | None, mu: float, stats: dict) -> float:
+              cfg: TrainConfig, named: dict[str, torch.nn.Parameter], corrections: Sequence[Correction],
+              stats: dict) -> float:
         micro = [[examples[i] for i in mb] for mb in step]
         denom = max(1, sum(loss_token_count(mb) for mb in micro))
         step_loss = 0.0
@@ -103,12 +98,10 @@ class LocalTrainer:
             stats["compute_s"] += time.perf_counter() - t0
             stats["padded_tokens"] += batch["input_ids"].numel()
         t0 = time.perf_counter()
-        if anchor is not None:  # FedProx: gradient of mu/2 * ||w - w_global||^2
-            with torch.no_grad():
-                for p, p0 in zip(self.params, anchor):
-                    p.grad.add_(p.detach() - p0, alpha=mu)
+        for correct in corrections:
+            correct(named)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         stats["compute_s"] += time.perf_counter() - t0

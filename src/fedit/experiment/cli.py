@@ -7,6 +7,11 @@ import json
 import logging
 
 from fedit.config import load_config, preset_names
+from fedit.experiment.settings import ExperimentSettings, JudgeSettings
+
+# Every default below is read from the settings dataclasses: one default per setting.
+_E = ExperimentSettings()
+_J = {f: JudgeSettings.__dataclass_fields__[f].default for f in JudgeSettings.__dataclass_fields__}
 
 logger = logging.getLogger(__name__)
 
@@ -31,39 +36,46 @@ def add_parser(subparsers, add_config_flags, config_from_args) -> None:
                                     "file; flags override it")
     p.add_argument("--out", required=True, help="experiment directory (systems/, results.json, report.*)")
     g = p.add_argument_group("experiment options")
-    g.add_argument("--local-baselines", type=int, default=3, metavar="K",
-                   help="clients tuned on their own data only, chosen for different category mixes (default 3)")
-    g.add_argument("--local-budget", choices=("every-round", "expected"), default="every-round",
-                   help="local-only steps: R x S_k (every-round, default) or R x m/N x S_k (expected)")
+    g.add_argument("--local-baselines", type=int, default=_E.local_baselines, metavar="K",
+                   help="clients tuned on their own data only, chosen for different category mixes "
+                        f"(default {_E.local_baselines})")
+    g.add_argument("--local-budget", choices=("every-round", "expected"), default=_E.local_budget,
+                   help="local-only steps: R x S_k (every-round) or R x m/N x S_k (expected) "
+                        f"(default {_E.local_budget})")
     g.add_argument("--systems", type=_names, default=None, metavar="LIST",
                    help="comma list of systems to run now: base, local (all), local-1.., centralized, fedit "
                         "(default all)")
-    g.add_argument("--gen-records", type=_count_or_all, default=16, metavar="N",
+    g.add_argument("--gen-records", type=_count_or_all, default=_E.gen_records, metavar="N",
                    help="test records answered greedily per system, stratified by category (all = every one; "
-                        "default 16)")
-    g.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
-    g.add_argument("--em-categories", type=_names, default=["classification"], metavar="LIST",
-                   help="categories scored with exact match (default classification)")
-    g.add_argument("--examples", type=int, default=3, help="example responses in the report (default 3)")
+                        f"default {_E.gen_records})")
+    g.add_argument("--max-new-tokens", type=int, default=_E.max_new_tokens,
+                   help=f"answer length limit (default {_E.max_new_tokens})")
+    g.add_argument("--em-categories", type=_names, default=_E.em_categories, metavar="LIST",
+                   help=f"categories scored with exact match (default {','.join(_E.em_categories)})")
+    g.add_argument("--examples", type=int, default=_E.examples,
+                   help=f"example responses in the report (default {_E.examples})")
     j = p.add_argument_group("LLM judge (optional; an OpenAI-compatible chat-completions endpoint)")
     j.add_argument("--judge-url", help="base URL, e.g. https://api.openai.com/v1 (enables the judge)")
     j.add_argument("--judge-model", help="judge model name, e.g. gpt-4o")
-    j.add_argument("--judge-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the API key (default OPENAI_API_KEY)")
-    j.add_argument("--judge-questions", default="dolly",
+    j.add_argument("--judge-key-env", default=_J["key_env"],
+                   help=f"environment variable holding the API key (default {_J['key_env']})")
+    j.add_argument("--judge-questions", default=_J["questions"],
                    help="dolly (the generated test records) or a .jsonl of questions, e.g. Vicuna-80's "
                         "question.jsonl")
     j.add_argument("--judge-max-questions", type=int, default=None, metavar="N", help="judge at most N questions")
-    j.add_argument("--judge-repeats", type=int, default=3, help="verdicts per question and order (default 3)")
-    j.add_argument("--judge-temperature", type=float, default=0.7, help="judge sampling temperature (default 0.7)")
-    j.add_argument("--judge-retries", type=int, default=4, help="retries of a failed verdict (default 4)")
+    j.add_argument("--judge-repeats", type=int, default=_J["repeats"],
+                   help=f"verdicts per question and order (default {_J['repeats']})")
+    j.add_argument("--judge-temperature", type=float, default=_J["temperature"],
+                   help=f"judge sampling temperature (default {_J['temperature']})")
+    j.add_argument("--judge-retries", type=int, default=_J["retries"],
+                   help=f"retries of a failed verdict (default {_J['retries']})")
     add_config_flags(p)
     p.set_defaults(func=lambda args: cmd_experiment(args, config_from_args))
 
 
 def settings_from_args(args: argparse.Namespace):
     from fedit.errors import ConfigError
-    from fedit.experiment.settings import SYSTEM_KINDS, ExperimentSettings, JudgeSettings
+    from fedit.experiment.settings import SYSTEM_KINDS
 
     judge = None
     if args.judge_url or args.judge_model:

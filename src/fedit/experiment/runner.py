@@ -23,12 +23,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from fedit.client.job import ClientJob, run_job
 from fedit.config import Config, flag
 from fedit.errors import ConfigError
 from fedit.experiment.evaluate import GEN_BATCH, evaluate_system, generation_subset
 from fedit.experiment.settings import ExperimentSettings
 from fedit.experiment.systems import (SystemSpec, budget_rule, choose_local_clients, plan_systems,
-                                      spec_record, train_config)
+                                      spec_record)
 from fedit.experiment.tracking import ExperimentProgress, units
 from fedit.model import AdapterState, load_adapter_state, save_adapter
 from fedit.progress import Progress
@@ -143,11 +144,10 @@ class Experiment:
         examples = self.client_tok[spec.client] if spec.kind == "local" else \
             [ex for part in self.client_tok for ex in part]
         client_id = spec.client if spec.kind == "local" else len(self.clients)  # centralized: its own id
+        job = ClientJob(client_id, 0, self.bench.initial_state, {"local_steps": spec.steps})
         with tracker.phase(f"{spec.name} steps", spec.steps) as bar:
-            update = self.bench.trainer.fit(self.bench.initial_state, examples,
-                                            train_config(self.cfg.train, spec.steps),
-                                            seed=self.cfg.federation.seed, round_idx=0, client_id=client_id,
-                                            on_step=lambda step, total, loss: bar.advance(loss=loss))
+            update, _ = run_job(self.bench.trainer, job, examples, self.cfg.train, seed=self.cfg.federation.seed,
+                                on_step=lambda step, total, loss: bar.advance(loss=loss))
         train = {"spec": spec_record(spec), "examples": len(examples), **update.metrics}
         save_adapter(self.bench.model, update.state, adapter_dir, self.bench.base.path)
         atomic_write_text(stored, json.dumps(train, indent=1, default=float) + "\n")

@@ -23,7 +23,7 @@ import numpy as np
 from fedit.client.batching import num_steps
 from fedit.config import Config, TrainConfig
 from fedit.data import Example
-from fedit.server import make_strategy
+from fedit.server import build_strategy
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ def client_steps(n_examples: int, train: TrainConfig) -> int:
 
 def federation_plan(cfg: Config, num_clients: int) -> list[list[int]]:
     """The clients of every round, exactly as the fedit run's strategy will sample them."""
-    strategy = make_strategy(cfg.federation.strategy, cfg.federation, cfg.train, num_clients)
-    return [strategy.configure_train(r)[0] for r in range(1, cfg.federation.rounds + 1)]
+    strategy = build_strategy(cfg, num_clients)
+    return [[job.client_id for job in strategy.configure_train(r, {})] for r in range(1, cfg.federation.rounds + 1)]
 
 
 def category_mix(clients: Sequence[Sequence[Example]], categories: Sequence[str]) -> np.ndarray:
@@ -100,11 +100,6 @@ def plan_systems(cfg: Config, sizes: Sequence[int], local_clients: Sequence[int]
     specs.append(SystemSpec("centralized", "centralized", None, total))
     specs.append(SystemSpec("fedit", "fedit", None, total))
     return specs
-
-
-def train_config(train: TrainConfig, steps: int) -> TrainConfig:
-    """The local-training config of a baseline: the federation's, run for ``steps`` steps."""
-    return dataclasses.replace(train, local_steps=steps)
 
 
 def budget_rule(local_budget: str) -> str:

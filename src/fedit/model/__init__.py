@@ -4,6 +4,7 @@ adapter weights in and out of it (the wire format between server and clients).""
 from fedit.model.load import BaseModel, autocast, load_base_model, resolve_device, resolve_precision
 from fedit.model.lora import (
     AdapterState,
+    adapter_parameters,
     add_lora,
     check_adapter_state,
     get_adapter_state,
@@ -18,6 +19,7 @@ __all__ = [
     "TINY_RANDOM",
     "AdapterState",
     "BaseModel",
+    "adapter_parameters",
     "add_lora",
     "autocast",
     "cache_dir",

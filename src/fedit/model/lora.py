@@ -104,6 +104,11 @@ def _param_map(model: peft.PeftModel) -> dict[str, torch.nn.Parameter]:
     return mapping
 
 
+def adapter_parameters(model: peft.PeftModel) -> dict[str, torch.nn.Parameter]:
+    """The trainable LoRA parameters of the active adapter, by wire key (cached per model)."""
+    return _param_map(model)
+
+
 def get_adapter_state(model: peft.PeftModel) -> AdapterState:
     """A copy of the model's adapter weights: detached, contiguous fp32 CPU tensors."""
     return {

@@ -5,22 +5,18 @@ the resident model with its LoRA adapter, the clients' data and the central eval
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fedit.client import ClientUpdate, LocalTrainer
+from fedit.client import LocalTrainer
 from fedit.config import Config, DataConfig
 from fedit.data import Example, load_source, make_partitioner
 from fedit.data.prompts import TokenizedExample, tokenize_examples
 from fedit.eval import evaluate_loss
 from fedit.model import AdapterState, BaseModel, add_lora, get_adapter_state, load_base_model, set_adapter_state
-from fedit.runners.checkpoint import Checkpoint
-from fedit.runners.rundir import RunDir
-from fedit.server import Strategy
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +46,12 @@ class Workbench:
         return evaluate_loss(self.model, test, device=self.base.device,
                              autocast_dtype=self.base.autocast_dtype,
                              pad_id=self.tokenizer.pad_token_id, batch_size=batch_size)
+
+    def evaluator(self, test: Sequence[TokenizedExample], batch_size: int) -> Callable[[AdapterState], dict] | None:
+        """Central evaluation on ``test`` for the round loop (None when there is no held-out data)."""
+        if not test:
+            return None
+        return lambda state: self.evaluate(state, test, batch_size)
 
 
 def build_workbench(cfg: Config) -> Workbench:
@@ -100,46 +102,6 @@ def load_test(cfg: Config) -> list[Example]:
     examples, report = load_source(cfg.data.test_data)
     logger.info("test data %s: %s", cfg.data.test_data, report.summary())
     return subsample(examples, cfg.data.max_test_records, np.random.default_rng([cfg.federation.seed, 2]))
-
-
-def round_summary(record: dict[str, Any], rounds: int) -> str:
-    """The one log line a round ends with."""
-    parts = [f"round {record['round']}/{rounds}"]
-    if record.get("clients") is not None:
-        parts.append(f"clients {record['clients']}")
-    if "train_loss" in record:
-        parts.append(f"train loss {record['train_loss']:.4f}")
-    ev = record.get("eval", {}).get("overall")
-    if ev:
-        parts.append(f"eval loss {ev['loss']:.4f} ppl {ev['perplexity']:.2f}")
-    if "lora_gap_mean" in record:
-        parts.append(f"lora gap {record['lora_gap_mean']:.3g}")
-    if record.get("dropped"):
-        parts.append(f"dropped {len(record['dropped'])}")
-    if "seconds" in record:
-        parts.append(f"{record['seconds']:.1f} s")
-    return " | ".join(parts)
-
-
-def close_round(run_dir: RunDir, strategy: Strategy, cfg: Config, round_idx: int, clients: list[int],
-                state: AdapterState, updates: Sequence[ClientUpdate], good: Sequence[ClientUpdate],
-                failures: list[str], start: float) -> tuple[AdapterState, dict[str, Any]]:
-    """How every runner ends a round: aggregate the valid updates (the adapter stays as it was if
-    there are none), evaluate, log the round record, checkpoint and print the summary line."""
-    record: dict[str, Any] = {"type": "round", "round": round_idx, "clients": clients}
-    if good:
-        state, metrics = strategy.aggregate_train(round_idx, state, good)
-        record.update(metrics)
-    else:
-        logger.warning("round %d: no valid update; the global adapter is unchanged", round_idx)
-    record["dropped"] = failures
-    record["eval"] = strategy.evaluate(round_idx, state)
-    record["seconds"] = time.perf_counter() - start
-    record["client_compute_seconds"] = sum(u.metrics.get("compute_seconds", 0.0) for u in updates)
-    run_dir.log(record)
-    run_dir.checkpoint(Checkpoint(round_idx, state, strategy.state_dict(), {}), cfg.federation.keep_checkpoints)
-    logger.info(round_summary(record, cfg.federation.rounds))
-    return state, record
 
 
 def ensure_dir(path: Path) -> Path:

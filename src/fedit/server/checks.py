@@ -6,7 +6,7 @@ import logging
 import math
 from typing import Sequence
 
-from fedit.client.train import ClientUpdate
+from fedit.client.job import ClientUpdate
 from fedit.errors import UpdateError
 from fedit.model import AdapterState, check_adapter_state
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from fedit.client.train import ClientUpdate
+from fedit.client.job import ClientUpdate
 from fedit.model import AdapterState
 from fedit.server.aggregate import apply_delta, delta
 from fedit.server.strategy import Strategy
@@ -17,8 +17,10 @@ from fedit.server.strategy import Strategy
 class FedAvgM(Strategy):
     name = "fedavgm"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, server_lr: float, server_momentum: float, **base: Any) -> None:
+        super().__init__(**base)
+        self.server_lr = server_lr
+        self.server_momentum = server_momentum
         self.momentum: AdapterState | None = None
 
     def aggregate_train(self, round_idx: int, global_state: AdapterState,
@@ -28,8 +30,8 @@ class FedAvgM(Strategy):
         if self.momentum is None:
             self.momentum = step
         else:
-            self.momentum = {k: self.fed.server_momentum * self.momentum[k] + step[k] for k in step}
-        return apply_delta(global_state, self.momentum, self.fed.server_lr), metrics
+            self.momentum = {k: self.server_momentum * self.momentum[k] + step[k] for k in step}
+        return apply_delta(global_state, self.momentum, self.server_lr), metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "momentum": self.momentum}

@@ -14,6 +14,7 @@ from typing import Any
 
 import tomli_w
 
+from fedit.config import DeployConfig
 from fedit.runners.flower import wire
 
 APP_NAME = "fedit-flower"
@@ -47,9 +48,10 @@ clientapp = "fedit.runners.flower.client_app:app"
 
 
 def default_run_config() -> dict[str, Any]:
-    """The run-config keys the app declares, with neutral defaults (``fedit-config`` empty)."""
-    return {wire.CONFIG_KEY: "", wire.OUT_KEY: "", wire.RESUME_KEY: False, wire.MIN_NODES_KEY: 1,
-            wire.WAIT_NODES_KEY: 1, wire.NODE_TIMEOUT_KEY: 300.0, wire.ROUND_TIMEOUT_KEY: 0.0}
+    """The run-config keys the app declares, with neutral defaults (``fedit-config`` empty) and
+    DeployConfig's own defaults."""
+    return {wire.CONFIG_KEY: "", wire.OUT_KEY: "", wire.RESUME_KEY: False,
+            **wire.deploy_values(DeployConfig())}
 
 
 def write_app(folder: Path) -> Path:

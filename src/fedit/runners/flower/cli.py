@@ -19,6 +19,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from fedit.config import EXTRA_SECTIONS, DeployConfig
 from fedit.errors import FeditError
 
 logger = logging.getLogger(__name__)
@@ -47,15 +48,18 @@ def _add_home(p: argparse.ArgumentParser) -> None:
                                        "(default: $FLWR_HOME, else ./flwr-home)")
 
 
-def _add_server_flags(p: argparse.ArgumentParser, required_out: bool = True) -> None:
+def _add_server_flags(p: argparse.ArgumentParser, add_config_flags, required_out: bool = True) -> None:
     p.add_argument("--config", help="preset or YAML file (default cpu-demo); flags override it")
     p.add_argument("--out", required=required_out, help="run directory, written by the ServerApp on the "
                                                         "SuperLink's machine")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--min-nodes", type=int, default=1, help="valid updates a round needs; fewer stops the "
-                                                            "run (resumable) (default 1)")
-    p.add_argument("--round-timeout", type=float, default=0.0, help="seconds a round waits for replies "
-                                                                     "(default 0: until every node answers)")
+    add_config_flags(p, sections=EXTRA_SECTIONS)
+
+
+def _deploy(args: argparse.Namespace):
+    from fedit.cli import section_from_args
+
+    return section_from_args(DeployConfig, args)
 
 
 def _connection_flags(p: argparse.ArgumentParser) -> None:
@@ -69,7 +73,7 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
 # ---- local -------------------------------------------------------------------------------------
 def _local(sub, add_config_flags, config_from_args) -> None:
     p = sub.add_parser("local", help="a whole federation on loopback: demos and tests")
-    _add_server_flags(p)
+    _add_server_flags(p, add_config_flags)
     p.add_argument("--node-data", nargs="+", required=True, type=Path, metavar="FILE",
                    help="one SuperNode per file (client index = position)")
     p.add_argument("--tls", action="store_true", help="TLS with a throw-away CA and server certificate")
@@ -83,8 +87,8 @@ def _local(sub, add_config_flags, config_from_args) -> None:
         from fedit.runners.flower.local import LocalOptions, deploy_local
 
         cfg = config_from_args(args)
-        opts = LocalOptions(node_data=args.node_data, tls=args.tls, auth=args.auth, min_nodes=args.min_nodes,
-                            resume=args.resume, work_dir=args.work_dir, round_timeout=args.round_timeout)
+        opts = LocalOptions(node_data=args.node_data, tls=args.tls, auth=args.auth, deploy=_deploy(args),
+                            resume=args.resume, work_dir=args.work_dir)
         result = deploy_local(cfg, Path(args.out), opts, echo=_echo)
         print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
                           "work_dir": str(result.work_dir)}))
@@ -238,26 +242,24 @@ def _register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _run_files(args: argparse.Namespace, cfg, folder: Path, wait_nodes: int) -> tuple[Path, Path]:
+def _run_files(args: argparse.Namespace, cfg, folder: Path) -> tuple[Path, Path]:
     from fedit.runners.flower.appdir import write_app, write_run_config
     from fedit.runners.flower.wire import run_config_values
 
-    values = run_config_values(cfg, Path(args.out), resume=args.resume, min_nodes=args.min_nodes,
-                               wait_nodes=max(wait_nodes, args.min_nodes), round_timeout=args.round_timeout)
+    values = run_config_values(cfg, Path(args.out), resume=args.resume, deploy=_deploy(args))
     return write_app(folder / "app"), write_run_config(folder / "run.toml", values)
 
 
 def _app(sub, add_config_flags, config_from_args) -> None:
     p = sub.add_parser("app", help="write the Flower app folder and a run config, for `flwr run` by hand")
     p.add_argument("folder", type=Path, help="where to write app/pyproject.toml and run.toml")
-    _add_server_flags(p)
-    p.add_argument("--wait-nodes", type=int, default=1, help="nodes to wait for before round 1")
+    _add_server_flags(p, add_config_flags)
     add_config_flags(p)
 
     def run(args: argparse.Namespace) -> int:
         from fedit.runners.flower.launch import shell, submit_command
 
-        app, run_toml = _run_files(args, config_from_args(args), args.folder, args.wait_nodes)
+        app, run_toml = _run_files(args, config_from_args(args), args.folder)
         print(shell(submit_command(app, run_toml, stream=True, connection="CONNECTION")))
         return 0
 
@@ -267,8 +269,7 @@ def _app(sub, add_config_flags, config_from_args) -> None:
 def _submit(sub, add_config_flags, config_from_args) -> None:
     p = sub.add_parser("submit", help="submit a fedit run to a SuperLink (run directory on its machine)")
     _connection_flags(p)
-    _add_server_flags(p)
-    p.add_argument("--wait-nodes", type=int, default=1, help="nodes to wait for before round 1 (default 1)")
+    _add_server_flags(p, add_config_flags)
     p.add_argument("--no-stream", action="store_true", help="return after submitting; do not follow the log")
     add_config_flags(p)
 
@@ -276,7 +277,7 @@ def _submit(sub, add_config_flags, config_from_args) -> None:
         from fedit.runners.flower.launch import submit_command
 
         home = _home(args)
-        app, run_toml = _run_files(args, config_from_args(args), home / "fedit-submit", args.wait_nodes)
+        app, run_toml = _run_files(args, config_from_args(args), home / "fedit-submit")
         return _flwr(args, lambda: submit_command(app, run_toml, stream=not args.no_stream))
 
     p.set_defaults(func=run)

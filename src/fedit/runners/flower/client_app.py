@@ -2,9 +2,10 @@
 
 Flower starts a fresh ClientApp process per message, so every handler builds what it needs:
 the records from the node config's ``data-path`` (never sent anywhere) and, for ``train``,
-the base model from fedit's safetensors cache. The update is the core's ``LocalTrainer.fit``
-with ``client_id`` = the client index and the run's seed and round: the same update the
-in-process simulation computes for that client.
+the base model from fedit's safetensors cache. The update is the core's ``run_job`` on the job
+the message carries (client index, round, client config): the same update the in-process
+simulation computes for that client. What a client keeps between rounds (its client state)
+lives in the node's ``context.state``, which Flower keeps on the node for the whole run.
 
 A user error on the node (missing or malformed data file, bad config) is answered with a
 one-line error reply, which the server logs and drops; it never crashes the round.
@@ -22,12 +23,13 @@ from flwr.clientapp import ClientApp
 from fedit.config import Config
 from fedit.data import Example, load_examples
 from fedit.errors import ConfigError, DataError, FeditError
-from fedit.runners.flower.wire import (ARRAYS, CLIENT_INDEX_KEY, CONFIG, DATA_PATH_KEY, FEDIT_ERROR_CODE,
-                                       config_from_run, update_content)
+from fedit.runners.flower.wire import (CLIENT_INDEX_KEY, CONFIG, DATA_PATH_KEY, FEDIT_ERROR_CODE,
+                                       config_from_run, job_from_message, update_content)
 
 logger = logging.getLogger(__name__)
 
 app = ClientApp()
+STATE_PREFIX = "fedit.client-state."  # + name: one ArrayRecord per entry of the client state
 
 
 def node_client_index(node_config: dict[str, Any]) -> int | None:
@@ -82,25 +84,41 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({CONFIG: ConfigRecord(answer)}), reply_to=msg)
 
 
+def load_client_state(context: Context) -> dict:
+    """The client state this node kept from its earlier rounds of this run (Flower keeps
+    ``context.state`` on the node across the per-message ClientApp processes)."""
+    return {key[len(STATE_PREFIX):]: context.state[key].to_torch_state_dict()
+            for key in context.state if key.startswith(STATE_PREFIX)}
+
+
+def save_client_state(context: Context, state: dict) -> None:
+    from flwr.app import ArrayRecord
+
+    for key in [k for k in context.state if k.startswith(STATE_PREFIX)]:
+        del context.state[key]
+    for name, tensors in state.items():
+        context.state[STATE_PREFIX + name] = ArrayRecord(torch_state_dict=tensors)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One local round: global adapter in, the client's adapter + example count + metrics out."""
+    """One local round: the core's run_job on this node's records, as the simulation runs it."""
     try:
         cfg = config_from_run(context.run_config)
-        conf = msg.content[CONFIG]
-        client_id, round_idx = int(conf["client-index"]), int(conf["round"])
+        job = job_from_message(msg)
         pinned = node_client_index(context.node_config)
-        if pinned is not None and pinned != client_id:
+        if pinned is not None and pinned != job.client_id:
             raise ConfigError(f"node config {CLIENT_INDEX_KEY}={pinned} but the server asked for "
-                              f"client {client_id}")
-        examples = node_examples(context.node_config, cfg, client_id)
-        from fedit.runners.common import build_workbench  # torch, transformers, peft: ~7 s cold
+                              f"client {job.client_id}")
+        examples = node_examples(context.node_config, cfg, job.client_id)
+        from fedit.client.job import run_job  # torch, transformers, peft: ~7 s cold
+        from fedit.runners.common import build_workbench
 
         bench = build_workbench(cfg)
         data = bench.tokenize(examples, cfg.data)
-        state = msg.content[ARRAYS].to_torch_state_dict()
-        update = bench.trainer.fit(state, data, cfg.train, seed=cfg.federation.seed, round_idx=round_idx,
-                                   client_id=client_id, proximal_mu=float(conf["proximal-mu"]))
+        update, state = run_job(bench.trainer, job, data, cfg.train, seed=cfg.federation.seed,
+                                client_state=load_client_state(context))
+        save_client_state(context, state)
     except (FeditError, OSError, ValueError, KeyError) as exc:
         return _error_reply(msg, context, exc)
     return Message(update_content(update), reply_to=msg)

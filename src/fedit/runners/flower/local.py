@@ -8,6 +8,7 @@ state (FLWR_HOME, certificates, keys, process logs, ``pids.json``) goes to the w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from fedit.config import Config
+from fedit.config import Config, DeployConfig
 from fedit.errors import FeditError
 from fedit.runners.flower import appdir, launch
 from fedit.runners.flower.processes import ProcessGroup, alive, flower_env, free_port, wait_for_port
@@ -36,11 +37,9 @@ class LocalOptions:
     node_data: Sequence[Path]
     tls: bool = False
     auth: bool = False
-    min_nodes: int = 1
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     resume: bool = False
     work_dir: Path | None = None
-    round_timeout: float = 0.0
-    node_timeout: float = 120.0
     unregistered_nodes: Sequence[Path] = field(default_factory=list)  # tests: nodes with unknown keys
 
 
@@ -108,8 +107,8 @@ class LocalFederation:
         for path in self.opts.node_data:
             if not Path(path).exists():
                 logger.warning("--node-data %s does not exist: that node will report an error", path)
-        if self.opts.min_nodes > len(self.opts.node_data):
-            raise FeditError(f"--min-nodes {self.opts.min_nodes} is more than the "
+        if self.opts.deploy.min_nodes > len(self.opts.node_data):
+            raise FeditError(f"--min-nodes {self.opts.deploy.min_nodes} is more than the "
                              f"{len(self.opts.node_data)} --node-data file(s)")
         cpr, nodes = self.cfg.federation.clients_per_round, len(self.opts.node_data)
         if self.cfg.federation.fraction is None and cpr > nodes:
@@ -177,9 +176,9 @@ class LocalFederation:
 
     def _submit(self) -> None:
         app = appdir.write_app(self.work / "app")
-        values = run_config_values(self.cfg, self.out, resume=self.opts.resume, min_nodes=self.opts.min_nodes,
-                                   wait_nodes=len(self.opts.node_data), node_timeout=self.opts.node_timeout,
-                                   round_timeout=self.opts.round_timeout)
+        deploy = self.opts.deploy
+        deploy = dataclasses.replace(deploy, wait_nodes=deploy.wait_nodes or len(self.opts.node_data))
+        values = run_config_values(self.cfg, self.out, resume=self.opts.resume, deploy=deploy)
         run_toml = appdir.write_run_config(self.work / "run.toml", values)
         argv = launch.submit_command(app, run_toml, stream=True)
         proc = self.group.start("flwr-run", argv, env=self.env, log_path=self.work / "logs" / "flwr-run.log",

@@ -1,11 +1,12 @@
-"""The fedit ServerApp: the core's strategy driving real SuperNodes through Flower's Grid.
+"""The fedit ServerApp: the core's round loop driving real SuperNodes through Flower's Grid.
 
-setup (run directory, test data, model, roll call of the nodes, strategy, resume) -> one
-``run_round`` per round -> ``finish`` (the PEFT adapter in ``final/``). It writes the same run
-directory as ``fedit run`` (config.yaml, metrics.jsonl, checkpoints/, final/), plus
-``nodes.json`` (which node is which client). Replies are checked with the core's
-``filter_updates``; a failed node costs only its update, and a round with fewer than
-``min-nodes`` valid updates stops the run before anything is written for it.
+setup (run directory, roll call of the nodes, model, test data, strategy, resume) -> the rounds
+of :class:`fedit.runners.federation.Federation` -> ``finish`` (the PEFT adapter in ``final/``).
+This module supplies only the loop's transport, :class:`FlowerClients`: jobs go out as Flower
+train messages, replies come back as updates or failures. It writes the same run directory as
+``fedit run`` (config.yaml, metrics.jsonl, checkpoints/, final/), plus ``nodes.json`` (which node
+is which client). A failed node costs only its update; a round with fewer than ``min-nodes``
+valid updates stops the run before anything is written for it.
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedit.config import Config
+from fedit.client.job import ClientJob
+from fedit.config import Config, DeployConfig
 from fedit.errors import FeditError, UpdateError
-from fedit.model import AdapterState, save_adapter
 from fedit.fileio import atomic_write_text
-from fedit.runners.common import Workbench, build_workbench, close_round, load_test, round_summary
+from fedit.model import save_adapter
+from fedit.runners.common import Workbench, build_workbench, load_test
+from fedit.runners.federation import ClientFailure, Federation, Reply
 from fedit.runners.flower import wire
 from fedit.runners.rundir import RunDir
-from fedit.server import filter_updates, make_strategy
+from fedit.server import build_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -40,63 +43,74 @@ class ServerSettings:
     cfg: Config
     out: Path
     resume: bool
-    min_nodes: int
-    wait_nodes: int
-    node_timeout: float
-    round_timeout: float
+    deploy: DeployConfig
 
     @classmethod
     def from_run_config(cls, rc: dict[str, Any]) -> ServerSettings:
         out = str(rc.get(wire.OUT_KEY) or "")
         if not out:
             raise FeditError(f"run config '{wire.OUT_KEY}' is empty: where should the run directory go?")
-        min_nodes = int(rc.get(wire.MIN_NODES_KEY, 1))
-        if min_nodes < 1:
-            raise FeditError(f"--min-nodes: must be at least 1, got {min_nodes}")
-        return cls(wire.config_from_run(rc), Path(out), bool(rc.get(wire.RESUME_KEY, False)), min_nodes,
-                   max(min_nodes, int(rc.get(wire.WAIT_NODES_KEY, min_nodes))),
-                   float(rc.get(wire.NODE_TIMEOUT_KEY, 300.0)), float(rc.get(wire.ROUND_TIMEOUT_KEY, 0.0)))
+        return cls(wire.config_from_run(rc), Path(out), bool(rc.get(wire.RESUME_KEY, False)),
+                   wire.deploy_from_run(rc))
+
+
+class FlowerClients:
+    """The round loop's transport over Flower: one train message per job, replies matched to jobs."""
+
+    def __init__(self, grid: Grid, nodes: dict[int, int], round_timeout: float) -> None:
+        self.grid, self.nodes, self.round_timeout = grid, nodes, round_timeout
+
+    def train(self, jobs: Sequence[ClientJob]) -> list[Reply]:
+        msgs = [Message(wire.train_content(job), dst_node_id=self.nodes[job.client_id],
+                        message_type=MessageType.TRAIN, group_id=str(job.round)) for job in jobs]
+        keys = [job.client_id for job in jobs]
+        replies = exchange(self.grid, msgs, keys, self.round_timeout or None)
+        out: list[Reply] = []
+        for cid in keys:  # in job order, as the simulation aggregates
+            if cid not in replies:
+                out.append(ClientFailure(cid, f"client {cid} (node {self.nodes[cid]}): no reply"))
+                continue
+            try:
+                out.append(wire.update_from_reply(replies[cid], cid))
+            except UpdateError as exc:
+                out.append(ClientFailure(cid, str(exc)))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # client state lives on the nodes
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 class FlowerServer:
-    """setup() -> run_round() per round -> finish(), over the nodes of a Flower Grid."""
+    """setup() -> the round loop -> finish(), over the nodes of a Flower Grid."""
 
     def __init__(self, grid: Grid, settings: ServerSettings) -> None:
         self.grid, self.s, self.cfg = grid, settings, settings.cfg
         self.run_dir = RunDir(settings.out)
 
     def setup(self) -> None:
-        cfg = self.cfg
+        cfg, deploy = self.cfg, self.s.deploy
         ckpt = self.run_dir.prepare(cfg, self.s.resume)
         self.nodes = self._roll_call()
         self.bench: Workbench = build_workbench(cfg)
-        self.test_tok = self.bench.tokenize(load_test(cfg), cfg.data, train_on_prompt=False)
-        self.strategy = make_strategy(cfg.federation.strategy, cfg.federation, cfg.train,
-                                      len(self.nodes), evaluate_fn=self._evaluate)
-        self.state: AdapterState = self.bench.initial_state
-        self.start_round = 0
-        if ckpt is not None:
-            self.state, self.start_round = ckpt.adapter, ckpt.round
-            self.strategy.load_state_dict(ckpt.strategy)
-        elif self.test_tok:
-            record = {"type": "round", "round": 0, "eval": self.strategy.evaluate(0, self.state)}
-            self.run_dir.log(record)
-            logger.info(round_summary(record, cfg.federation.rounds))
-
-    def _evaluate(self, round_idx: int, state: AdapterState) -> dict[str, Any]:
-        if not self.test_tok:
-            return {}
-        return self.bench.evaluate(state, self.test_tok, self.cfg.federation.eval_batch_size)
+        test_tok = self.bench.tokenize(load_test(cfg), cfg.data, train_on_prompt=False)
+        self.federation = Federation(cfg, build_strategy(cfg, len(self.nodes)),
+                                     FlowerClients(self.grid, self.nodes, deploy.round_timeout), self.run_dir,
+                                     evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
+                                     min_updates=deploy.min_nodes)
+        self.federation.start(self.bench.initial_state, ckpt)
 
     def _wait_for_nodes(self) -> list[int]:
-        deadline = time.monotonic() + self.s.node_timeout
+        deadline = time.monotonic() + self.s.deploy.node_timeout
         node_ids = sorted(self.grid.get_node_ids())
-        while len(node_ids) < self.s.wait_nodes and time.monotonic() < deadline:
+        while len(node_ids) < self.s.deploy.nodes_to_wait_for and time.monotonic() < deadline:
             time.sleep(0.5)
             node_ids = sorted(self.grid.get_node_ids())
-        if len(node_ids) < self.s.min_nodes:
-            raise FeditError(f"only {len(node_ids)} node(s) connected after {self.s.node_timeout:.0f} s; "
-                             f"--min-nodes is {self.s.min_nodes}")
+        if len(node_ids) < self.s.deploy.min_nodes:
+            raise FeditError(f"only {len(node_ids)} node(s) connected after {self.s.deploy.node_timeout:.0f} s; "
+                             f"--min-nodes is {self.s.deploy.min_nodes}")
         logger.info("%d node(s) connected", len(node_ids))
         return node_ids
 
@@ -105,7 +119,7 @@ class FlowerServer:
         node_ids = self._wait_for_nodes()
         msgs = [Message(RecordDict({wire.CONFIG: ConfigRecord({"hello": 1})}), dst_node_id=n,
                         message_type=MessageType.QUERY, group_id="roll-call") for n in node_ids]
-        replies = exchange(self.grid, msgs, node_ids, self.s.node_timeout)
+        replies = exchange(self.grid, msgs, node_ids, self.s.deploy.node_timeout)
         pinned: dict[int, int] = {}
         free, info = [], {}
         for node in node_ids:
@@ -137,8 +151,8 @@ class FlowerServer:
         open_ids = iter(sorted(set(range(total)) - set(pinned.values())))
         clients = {index: node for node, index in pinned.items()}
         clients.update({next(open_ids): node for node in free})
-        if len(clients) < self.s.min_nodes:
-            raise FeditError(f"only {len(clients)} node(s) answered; --min-nodes is {self.s.min_nodes}")
+        if len(clients) < self.s.deploy.min_nodes:
+            raise FeditError(f"only {len(clients)} node(s) answered; --min-nodes is {self.s.deploy.min_nodes}")
         table = [{"client": c, "node_id": n, "num_examples": info[n].get("num-examples"),
                   "error": info[n].get("error") or None} for c, n in sorted(clients.items())]
         atomic_write_text(self.run_dir.path / "nodes.json", json.dumps(table, indent=2) + "\n")
@@ -146,50 +160,13 @@ class FlowerServer:
                                              for r in table))
         return clients
 
-    def run_round(self, round_idx: int) -> dict[str, Any]:
-        start = time.perf_counter()
-        clients, client_cfg = self.strategy.configure_train(round_idx)
-        msgs = [Message(wire.train_content(self.state, round_idx, cid, client_cfg["proximal_mu"]),
-                        dst_node_id=self.nodes[cid], message_type=MessageType.TRAIN, group_id=str(round_idx))
-                for cid in clients]
-        replies = exchange(self.grid, msgs, clients, self.s.round_timeout or None)
-        updates, failures = self._collect(round_idx, clients, replies)
-        good, bad = filter_updates(self.state, updates)
-        failures += bad
-        if len(good) < self.s.min_nodes:
-            raise FeditError(f"round {round_idx}: {len(good)} valid update(s), fewer than --min-nodes "
-                             f"{self.s.min_nodes} ({'; '.join(failures)}); the run stops after round "
-                             f"{round_idx - 1}, resume it with --resume")
-        self.state, record = close_round(self.run_dir, self.strategy, self.cfg, round_idx, clients, self.state,
-                                         updates, good, failures, start)
-        return record
-
-    def _collect(self, round_idx: int, clients: list[int], replies: dict[int, Message]):
-        updates, failures = [], []
-        for cid in clients:  # in client order, as the simulation aggregates
-            if cid not in replies:
-                failures.append(f"client {cid} (node {self.nodes[cid]}): no reply")
-                logger.warning("dropping update: %s", failures[-1])
-                continue
-            try:
-                update = wire.update_from_reply(replies[cid], cid)
-            except UpdateError as exc:
-                logger.warning("dropping update: %s", exc)
-                failures.append(str(exc))
-                continue
-            self.run_dir.log({"type": "client", "round": round_idx, "client": cid,
-                              "num_examples": update.num_examples, **update.metrics})
-            updates.append(update)
-        return updates, failures
-
     def finish(self) -> None:
-        save_adapter(self.bench.model, self.state, self.run_dir.final_dir, self.bench.base.path)
+        save_adapter(self.bench.model, self.federation.state, self.run_dir.final_dir, self.bench.base.path)
         logger.info("final adapter written to %s", self.run_dir.final_dir)
 
     def run(self) -> None:
         self.setup()
-        for round_idx in range(self.start_round + 1, self.cfg.federation.rounds + 1):
-            self.run_round(round_idx)
+        self.federation.run()
         self.finish()
 
 

@@ -3,49 +3,65 @@
 The run's :class:`~fedit.config.Config` travels as the YAML text of ``config.yaml`` in one
 run-config key, so both apps build exactly the configuration ``fedit run`` would. Adapters
 travel as named arrays (an ``ArrayRecord`` of the PEFT adapter state), replies carry the
-number of examples and the client's training metrics in a ``MetricRecord``.
+number of examples and the client's training metrics in a ``MetricRecord``. A train message
+carries a whole :class:`~fedit.client.job.ClientJob`: the adapter, the round and client index,
+the open client-config mapping (its own ``ConfigRecord``) and any extra tensors (one
+``ArrayRecord`` each); a reply carries a whole ``ClientUpdate`` the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedit.config import Config, dump_config
+from fedit.config import Config, DeployConfig, dump_config
 from fedit.errors import ConfigError, UpdateError
 
 if TYPE_CHECKING:  # torch-free at import: a ClientApp answering a query never loads torch
-    from fedit.client.train import ClientUpdate
-    from fedit.model import AdapterState
+    from fedit.client.job import ClientJob, ClientUpdate
 
-# Run-config keys (the app's pyproject declares them; see app.py).
+# Run-config keys (the app's pyproject declares them; see appdir.py).
 CONFIG_KEY = "fedit-config"          # YAML text of the Config
 OUT_KEY = "out"                      # run directory on the SuperLink's machine (absolute)
 RESUME_KEY = "resume"                # continue the run in OUT from its last checkpoint
-MIN_NODES_KEY = "min-nodes"          # valid updates a round needs to be aggregated
-WAIT_NODES_KEY = "wait-nodes"        # nodes to wait for before round 1
-NODE_TIMEOUT_KEY = "node-timeout"    # seconds to wait for them
-ROUND_TIMEOUT_KEY = "round-timeout"  # seconds a round waits for replies (0: until all reply)
+# ... and one key per DeployConfig field, named like its flag: min-nodes, wait-nodes, node-timeout,
+# round-timeout.
 
 # Node-config keys (flower-supernode --node-config / fedit deploy supernode).
 DATA_PATH_KEY = "data-path"
 CLIENT_INDEX_KEY = "client-index"
 
 # Message content keys.
-ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+ARRAYS, CONFIG, JOB, METRICS = "arrays", "config", "job", "metrics"
+EXTRA_PREFIX = "arrays."             # + name: one ArrayRecord per extra tensor dict of a job or update
 FEDIT_ERROR_CODE = 100               # a node's user error (bad data file...), one line in the reason
 
 
-def run_config_values(cfg: Config, out: Path, *, resume: bool = False, min_nodes: int = 1,
-                      wait_nodes: int = 1, node_timeout: float = 300.0,
-                      round_timeout: float = 0.0) -> dict[str, Any]:
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def deploy_values(deploy: DeployConfig) -> dict[str, Any]:
+    """The DeployConfig as run-config keys (wait-nodes resolved: TOML has no null)."""
+    return {_key("min_nodes"): deploy.min_nodes, _key("wait_nodes"): deploy.nodes_to_wait_for,
+            _key("node_timeout"): float(deploy.node_timeout), _key("round_timeout"): float(deploy.round_timeout)}
+
+
+def deploy_from_run(run_config: dict[str, Any]) -> DeployConfig:
+    """The DeployConfig of a run config; absent keys take the one default of DeployConfig."""
+    names = [f.name for f in dataclasses.fields(DeployConfig)]
+    return DeployConfig(**{n: run_config[_key(n)] for n in names if _key(n) in run_config})
+
+
+def run_config_values(cfg: Config, out: Path, *, resume: bool = False,
+                      deploy: DeployConfig | None = None) -> dict[str, Any]:
     """The run config of a fedit run (what ``flwr run --run-config FILE`` submits)."""
     return {CONFIG_KEY: dump_config(cfg), OUT_KEY: str(Path(out).resolve()), RESUME_KEY: resume,
-            MIN_NODES_KEY: min_nodes, WAIT_NODES_KEY: wait_nodes,
-            NODE_TIMEOUT_KEY: float(node_timeout), ROUND_TIMEOUT_KEY: float(round_timeout)}
+            **deploy_values(deploy or DeployConfig())}
 
 
 def config_from_run(run_config: dict[str, Any]) -> Config:
@@ -57,11 +73,32 @@ def config_from_run(run_config: dict[str, Any]) -> Config:
     return Config.from_dict(yaml.safe_load(text), f"run config '{CONFIG_KEY}'")
 
 
-def train_content(state: AdapterState, round_idx: int, client_id: int, proximal_mu: float) -> RecordDict:
+def _extra_records(arrays: dict[str, Any]) -> dict[str, ArrayRecord]:
+    return {EXTRA_PREFIX + name: ArrayRecord(torch_state_dict=state) for name, state in arrays.items()}
+
+
+def _extra_arrays(content: RecordDict) -> dict[str, Any]:
+    return {key[len(EXTRA_PREFIX):]: content[key].to_torch_state_dict()
+            for key in content if key.startswith(EXTRA_PREFIX)}
+
+
+def train_content(job: ClientJob) -> RecordDict:
     return RecordDict({
-        ARRAYS: ArrayRecord(torch_state_dict=state),
-        CONFIG: ConfigRecord({"round": round_idx, "client-index": client_id, "proximal-mu": proximal_mu}),
+        ARRAYS: ArrayRecord(torch_state_dict=job.state),
+        CONFIG: ConfigRecord({"round": job.round, "client-index": job.client_id}),
+        JOB: ConfigRecord(dict(job.config)),
+        **_extra_records(job.arrays),
     })
+
+
+def job_from_message(msg: Message) -> ClientJob:
+    """The ClientJob a train message carries (KeyError/ValueError if it is malformed)."""
+    from fedit.client.job import ClientJob
+
+    content = msg.content
+    conf = content[CONFIG]
+    return ClientJob(int(conf["client-index"]), int(conf["round"]), content[ARRAYS].to_torch_state_dict(),
+                     dict(content[JOB]), _extra_arrays(content))
 
 
 def update_content(update: ClientUpdate) -> RecordDict:
@@ -70,12 +107,13 @@ def update_content(update: ClientUpdate) -> RecordDict:
         ARRAYS: ArrayRecord(torch_state_dict=update.state),
         METRICS: MetricRecord({**metrics, "num-examples": update.num_examples,
                                "client-index": update.client_id}),
+        **_extra_records(update.arrays),
     })
 
 
 def update_from_reply(reply: Message, client_id: int) -> ClientUpdate:
     """A ClientUpdate from a train reply; UpdateError (one line) if it is an error or malformed."""
-    from fedit.client.train import ClientUpdate
+    from fedit.client.job import ClientUpdate
 
     if reply.has_error():
         raise UpdateError(f"client {client_id} (node {reply.metadata.src_node_id}): {reply.error.reason}")
@@ -83,8 +121,9 @@ def update_from_reply(reply: Message, client_id: int) -> ClientUpdate:
         content = reply.content
         state = content[ARRAYS].to_torch_state_dict()
         metrics = dict(content[METRICS])
+        arrays = _extra_arrays(content)
     except Exception as exc:  # a foreign or broken reply
         raise UpdateError(f"client {client_id}: malformed reply ({type(exc).__name__}: {exc})") from None
     num_examples = metrics.pop("num-examples", None)
     metrics.pop("client-index", None)
-    return ClientUpdate(client_id, state, num_examples, metrics)
+    return ClientUpdate(client_id, state, num_examples, metrics, arrays)

@@ -1,0 +1,132 @@
+"""One client job: (client id, global adapter, an open client-config mapping) -> ClientUpdate.
+
+The server's strategy builds a :class:`ClientJob` per sampled client; every runner delivers it
+(in-process call, Flower message) to :func:`run_job`, the one function that trains a client.
+Method-specific client settings travel as keys of ``job.config`` (plain scalars, so they fit a
+Flower ``ConfigRecord``) and tensors as ``job.arrays``; a new client-side knob is one entry in
+:data:`CLIENT_KEYS` plus the code that reads it, not a parameter threaded through every layer.
+
+A client may keep state between the rounds it takes part in (SCAFFOLD's control variate, the
+error feedback of compressed updates): ``run_job`` takes and returns that ``client_state``; the
+simulation keeps it per client (and checkpoints it), a Flower node keeps it in its context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fedit.config import TrainConfig
+from fedit.data.prompts import TokenizedExample
+from fedit.errors import ConfigError
+from fedit.model import AdapterState
+from fedit.registry import CLIENT_TRANSFORMS, load
+
+Scalar = bool | int | float | str
+ClientState = dict[str, AdapterState]
+# Called after the backward passes of every optimizer step, before clipping: adds a method's
+# term to the LoRA gradients ({wire key: parameter}).
+Correction = Callable[[Mapping[str, torch.nn.Parameter]], None]
+
+
+@dataclass
+class ClientJob:
+    """What the server sends one client for one round."""
+
+    client_id: int
+    round: int
+    state: AdapterState                                          # the global adapter (as this client sees it)
+    config: dict[str, Scalar] = field(default_factory=dict)      # see CLIENT_KEYS
+    arrays: dict[str, AdapterState] = field(default_factory=dict)  # extra tensors (e.g. a control variate)
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends back: the adapter, its weight for aggregation, metrics, extra tensors."""
+
+    client_id: int
+    state: AdapterState
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, AdapterState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    type: type
+    help: str
+
+
+# Every key a client understands in job.config. Unknown keys are refused (a client older than its
+# server must not silently ignore a method's setting).
+CLIENT_KEYS: dict[str, ClientKey] = {
+    "proximal_mu": ClientKey(float, "FedProx: weight of the proximal term mu/2 ||w - w_global||^2"),
+    "lr": ClientKey(float, "local learning rate of this round (overrides --lr)"),
+    "local_steps": ClientKey(int, "optimizer steps of this round (overrides --local-steps/--local-epochs)"),
+}
+
+
+def check_client_config(config: Mapping[str, Any]) -> None:
+    """Raise ConfigError (one line) for an unknown key or a value of the wrong type."""
+    for key, value in config.items():
+        spec = CLIENT_KEYS.get(key)
+        if spec is None:
+            raise ConfigError(f"client config: unknown key {key!r} (known: {', '.join(sorted(CLIENT_KEYS))})")
+        ok = isinstance(value, spec.type) and not (isinstance(value, bool) and spec.type is not bool)
+        if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"client config {key}: expected {spec.type.__name__}, got {value!r}")
+
+
+def job_train_config(train: TrainConfig, config: Mapping[str, Any]) -> TrainConfig:
+    """The run's local-training settings with this job's overrides applied."""
+    changes: dict[str, Any] = {}
+    if "lr" in config:
+        changes["lr"] = float(config["lr"])
+    if "local_steps" in config:
+        changes["local_steps"] = int(config["local_steps"])
+    return dataclasses.replace(train, **changes) if changes else train
+
+
+def proximal_correction(job: ClientJob, device: torch.device) -> Correction | None:
+    """FedProx: the gradient of mu/2 * ||w - w_global||^2, i.e. mu * (w - w_global)."""
+    mu = float(job.config.get("proximal_mu", 0.0))
+    if mu <= 0:
+        return None
+    anchor = {k: v.to(device=device, dtype=torch.float32) for k, v in job.state.items()}
+
+    def correct(params: Mapping[str, torch.nn.Parameter]) -> None:
+        with torch.no_grad():
+            for key, p in params.items():
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - anchor[key].to(p.dtype), alpha=mu)
+
+    return correct
+
+
+# Builders of the gradient corrections a job asks for: (job, device) -> Correction or None.
+CORRECTIONS: list[Callable[[ClientJob, torch.device], Correction | None]] = [proximal_correction]
+
+
+def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train: TrainConfig, *,
+            seed: int, client_state: ClientState | None = None,
+            on_step: Callable[[int, int, float], None] | None = None) -> tuple[ClientUpdate, ClientState]:
+    """Train one client for one round: the same function in every runner.
+
+    ``trainer`` is a :class:`fedit.client.train.LocalTrainer` on the resident model. Returns the
+    update (after the registered client-side transforms) and the client's state for its next round.
+    """
+    check_client_config(job.config)
+    state: ClientState = dict(client_state or {})
+    corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device)) is not None]
+    update = trainer.fit(job.state, examples, job_train_config(train, job.config), seed=seed,
+                         round_idx=job.round, client_id=job.client_id, corrections=corrections,
+                         on_step=on_step)
+    for path in CLIENT_TRANSFORMS.values():
+        update = load(path)(update, job, state)
+    return update, state

@@ -1,0 +1,36 @@
+"""The one registry of federated methods: strategy names and server-side wrappers, by import path.
+
+Torch-free on purpose: ``fedit.config`` takes its ``--strategy`` choices from here and the CLI
+builds ``--help`` from the config, so listing the methods must not import torch. Adding a
+method is one file and one line here; ``fedit.server.build`` turns a run's config into the
+strategy object (explicit keyword arguments, matched by name to config fields) and applies the
+wrappers in the order listed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> "module:Class" of a fedit.server.strategy.Strategy subclass
+STRATEGIES: dict[str, str] = {
+    "fedavg": "fedit.server.fedavg:FedAvg",
+    "fedavgm": "fedit.server.fedavgm:FedAvgM",
+    "fedprox": "fedit.server.fedprox:FedProx",
+}
+
+# Server-side wrappers, applied innermost first: name -> "module:function". Each function has the
+# signature ``wrap(strategy, cfg) -> Strategy`` and returns ``strategy`` unchanged when the run's
+# config does not ask for it (see fedit.server.wrappers).
+WRAPPERS: dict[str, str] = {}
+
+# Client-side transforms of an update, applied in this order after local training:
+# name -> "module:function" with the signature ``transform(update, job, client_state) -> update``;
+# each reads its own keys of the job's client config and returns the update unchanged without them.
+CLIENT_TRANSFORMS: dict[str, str] = {}
+
+
+def load(path: str) -> Any:
+    """The object a ``module:attribute`` path names."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
