@@ -4,7 +4,8 @@
     start:      continue from the newest checkpoint, or evaluate the initial adapter (round 0)
     each round: configure (the strategy samples clients and builds their jobs)
                 -> dispatch (the runner's Transport delivers jobs and collects replies)
-                -> check replies (bad ones are dropped and logged, never averaged)
+                -> receive (the strategy may decode a reply) -> check each reply against the job
+                   it answers (bad ones are dropped and logged, never averaged)
                 -> aggregate -> check the aggregate -> evaluate -> log -> checkpoint
 
 A runner supplies only a :class:`Transport`: how jobs reach clients and replies come back
@@ -101,8 +102,10 @@ class Federation:
         start = time.perf_counter()
         jobs = self.strategy.configure_train(round_idx, self.state)
         replies = self.transport.train(jobs)
+        sent = {job.client_id: job for job in jobs}
         updates, failures = self._sort_replies(round_idx, replies)
-        good, bad = filter_updates(self.state, updates)
+        updates = [self.strategy.receive(sent[u.client_id], u) for u in updates]
+        good, bad = filter_updates({cid: job.state for cid, job in sent.items()}, updates)
         failures += bad
         if len(good) < self.min_updates:
             raise FeditError(f"round {round_idx}: {len(good)} valid update(s), fewer than --min-nodes "

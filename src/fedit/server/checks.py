@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from fedit.client.job import ClientUpdate
 from fedit.errors import UpdateError
@@ -27,12 +27,18 @@ def check_update(reference: AdapterState, update: ClientUpdate) -> None:
             raise UpdateError(f"client {update.client_id}: train_loss is {value}")
 
 
-def filter_updates(reference: AdapterState, updates: Sequence[ClientUpdate]) -> tuple[list[ClientUpdate], list[str]]:
-    """Split replies into valid updates and one-line failure messages (logged as warnings)."""
+def filter_updates(reference: AdapterState | Mapping[int, AdapterState],
+                   updates: Sequence[ClientUpdate]) -> tuple[list[ClientUpdate], list[str]]:
+    """Split replies into valid updates and one-line failure messages (logged as warnings).
+
+    ``reference``: the adapter every update must match, or {client id: adapter} when clients
+    were sent different ones (each update is checked against what its client received).
+    """
     good, failures = [], []
+    per_client = bool(reference) and all(isinstance(k, int) for k in reference)
     for update in updates:
         try:
-            check_update(reference, update)
+            check_update(reference[update.client_id] if per_client else reference, update)
         except UpdateError as exc:
             logger.warning("dropping update: %s", exc)
             failures.append(str(exc))

@@ -40,6 +40,11 @@ class Strategy(ABC):
         """Keys of fedit.client.job.CLIENT_KEYS this strategy sets for a client (none for FedAvg)."""
         return {}
 
+    def receive(self, job: ClientJob, update: ClientUpdate) -> ClientUpdate:
+        """A reply as the server reads it, before it is checked against ``job``: the identity here;
+        a wrapper may decode it (e.g. decompress an update)."""
+        return update
+
     def aggregate_train(self, round_idx: int, global_state: AdapterState,
                         updates: Sequence[ClientUpdate]) -> tuple[AdapterState, dict[str, Any]]:
         """New global adapter from valid updates, weighted by number of examples (FedAvg)."""
@@ -95,6 +100,9 @@ class StrategyWrapper(Strategy):
 
     def client_config(self, round_idx: int, client_id: int) -> dict[str, Scalar]:
         return self.inner.client_config(round_idx, client_id)
+
+    def receive(self, job: ClientJob, update: ClientUpdate) -> ClientUpdate:
+        return self.inner.receive(job, update)
 
     def aggregate_train(self, round_idx: int, global_state: AdapterState,
                         updates: Sequence[ClientUpdate]) -> tuple[AdapterState, dict[str, Any]]:
