@@ -103,7 +103,8 @@ def test_ffa_run_keeps_a_and_learns(tmp_path, setup):
     assert all(torch.equal(state[k], bench.initial_state[k]) for k in state if ".lora_A." in k)
     assert any(state[k].abs().sum() > 0 for k in state if ".lora_B." in k)
     rounds = rounds_of(out)
-    assert rounds[-1]["lora_gap_max"] < 1e-5 and rounds[-1]["eval"]["overall"]["loss"] < rounds[0]["eval"]["overall"]["loss"]
+    assert rounds[-1]["lora_gap_max"] < 1e-5
+    assert rounds[-1]["eval"]["overall"]["loss"] < rounds[0]["eval"]["overall"]["loss"]
 
 
 def test_product_svd_run_logs_the_dropped_energy(tmp_path):
@@ -181,6 +182,20 @@ def test_node_config_lora_rank_is_checked_and_reported():
         check_job_lora({"lora-rank": 4}, cfg, {})
     assert node_config(Path("/d.json"), 1, 4, "q_proj,v_proj") == \
         'data-path="/d.json" client-index=1 lora-rank=4 lora-targets="q_proj,v_proj"'
+
+
+def test_server_takes_a_node_s_own_adapter_over_the_run_s():
+    pytest.importorskip("flwr")
+    from types import SimpleNamespace
+
+    from fedit.client_lora import ClientLora
+    from fedit.runners.flower.server_app import FlowerServer
+
+    cfg = Config().override({"lora_aggregation": "zero-pad", "client_ranks": "8,4,2"})
+    info = {10: {"lora-rank": 2, "lora-targets": "q_proj"}, 11: {"lora-rank": 0, "lora-targets": ""},
+            12: {}}
+    layouts = FlowerServer._layouts(SimpleNamespace(cfg=cfg), {0: 10, 1: 11, 2: 12}, info)
+    assert layouts == [ClientLora(2, "q_proj"), ClientLora(4, "all-linear"), ClientLora(2, "all-linear")]
 
 
 @pytest.mark.slow

@@ -58,8 +58,8 @@ def client_layouts(cfg: Config, num_clients: int) -> list[ClientLora]:
                            cfg.federation.seed, num_clients)
 
 
-def build_strategy(cfg: Config, num_clients: int, client_lora: Sequence[ClientLora] | dict[int, ClientLora] | None = None
-                   ) -> Strategy:
+def build_strategy(cfg: Config, num_clients: int,
+                   client_lora: Sequence[ClientLora] | dict[int, ClientLora] | None = None) -> Strategy:
     """The run's strategy for ``num_clients`` clients, wrapped as the config asks. ``client_lora``:
     every client's adapter layout when the runner knows it (a Flower run: from the nodes); by
     default it follows --client-ranks / --client-targets."""
