@@ -21,6 +21,8 @@ from fedit.registry import STRATEGIES
 
 STRATEGY_NAMES = tuple(STRATEGIES)
 PARTITION_NAMES = ("iid", "dirichlet", "shards", "files")
+# How the server combines the clients' LoRA factors (fedit.server.lora_aggregate; docs/methods.md).
+LORA_AGGREGATIONS = ("factors", "ffa", "zero-pad", "product-svd")
 TEMPLATE_NAMES = ("chat", "alpaca")
 
 
@@ -83,13 +85,33 @@ class LoraConfig(_Section):
     lora_dropout: float = _opt(0.05, "dropout on the LoRA input")
     lora_targets: str = _opt("all-linear", "modules to adapt: all-linear or a comma list "
                              "(e.g. q_proj,v_proj)")
+    lora_aggregation: str = _opt("factors", "how the server combines the clients' adapters: factors (average A "
+                                 "and B, the paper's), ffa (A frozen at its seeded init, only B trained and "
+                                 "sent: exact), zero-pad (HetLoRA: pad lower ranks with zeros), product-svd "
+                                 "(FlexLoRA: exact mean of B*A, truncated SVD)", LORA_AGGREGATIONS)
+    client_ranks: str | None = _opt(None, "per-client LoRA rank, at most --lora-r: 8,4,2 (cycled over client "
+                                    "ids) or 4:0.5,8:0.3,16:0.2 (drawn per client with --seed)")
+    client_targets: str | None = _opt(None, "per-client modules, each within --lora-targets: lists separated "
+                                      "by ';', e.g. 'q_proj,v_proj;all-linear' (cycled) or "
+                                      "'q_proj,v_proj:0.5;all-linear:0.5' (drawn)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.client_ranks, int) and not isinstance(self.client_ranks, bool):
+            self.client_ranks = str(self.client_ranks)  # YAML reads `client_ranks: 4` as a number
         self._check_types()
         _require(self.lora_r > 0, "lora_r", f"must be positive, got {self.lora_r}")
         _require(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
         _require(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         _require(bool(self.lora_targets.strip()), "lora_targets", "must not be empty")
+        from fedit.client_lora import parse_client_ranks, parse_client_targets  # syntax errors name the flag
+
+        for name, parse in (("client_ranks", parse_client_ranks), ("client_targets", parse_client_targets)):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none"):
+                value = None
+                setattr(self, name, None)
+            if value is not None:
+                parse(value)
 
 
 @dataclass

@@ -67,6 +67,10 @@ CLIENT_KEYS: dict[str, ClientKey] = {
     "proximal_mu": ClientKey(float, "FedProx: weight of the proximal term mu/2 ||w - w_global||^2"),
     "lr": ClientKey(float, "local learning rate of this round (overrides --lr)"),
     "local_steps": ClientKey(int, "optimizer steps of this round (overrides --local-steps/--local-epochs)"),
+    "lora_rank": ClientKey(int, "rank of the adapter this client trains, at most the global --lora-r "
+                                "(heterogeneous clients; default: the global adapter's)"),
+    "lora_targets": ClientKey(str, "modules this client adapts, within the global adapter's: all-linear or a "
+                                   "comma list (default: all of the global adapter's)"),
 }
 
 
@@ -91,6 +95,14 @@ def job_train_config(train: TrainConfig, config: Mapping[str, Any]) -> TrainConf
     if "local_steps" in config:
         changes["local_steps"] = int(config["local_steps"])
     return dataclasses.replace(train, **changes) if changes else train
+
+
+def job_lora(config: Mapping[str, Any]) -> tuple[int | None, str] | None:
+    """(rank, targets) of the client's own adapter, or None for the global one."""
+    if "lora_rank" not in config and "lora_targets" not in config:
+        return None
+    rank = config.get("lora_rank")
+    return (None if rank is None else int(rank)), str(config.get("lora_targets", "all-linear"))
 
 
 def proximal_correction(job: ClientJob, device: torch.device) -> Correction | None:
@@ -126,7 +138,7 @@ def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train
     corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device)) is not None]
     update = trainer.fit(job.state, examples, job_train_config(train, job.config), seed=seed,
                          round_idx=job.round, client_id=job.client_id, corrections=corrections,
-                         on_step=on_step)
+                         on_step=on_step, lora=job_lora(job.config))
     for path in CLIENT_TRANSFORMS.values():
         update = load(path)(update, job, state)
     return update, state

@@ -20,7 +20,7 @@ from fedit.client.job import ClientUpdate, Correction
 from fedit.client.loss import token_losses
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
-from fedit.model import AdapterState, adapter_parameters, autocast, get_adapter_state, set_adapter_state
+from fedit.model import AdapterState, autocast, client_adapter, get_adapter_state
 
 logger = logging.getLogger(__name__)
 
@@ -33,26 +33,39 @@ def client_seed(seed: int, round_idx: int, client_id: int) -> int:
 
 
 class LocalTrainer:
-    """Trains the LoRA parameters of one resident PEFT model for one client at a time."""
+    """Trains the LoRA parameters of one resident PEFT model for one client at a time.
+
+    ``initial_state``: the global adapter's seeded initialisation (default: the model's adapter
+    now), the value of every entry a job does not carry (A under ffa; see
+    fedit.model.client_adapters).
+    """
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device,
-                 autocast_dtype: torch.dtype | None, pad_id: int) -> None:
+                 autocast_dtype: torch.dtype | None, pad_id: int, initial_state: AdapterState | None = None) -> None:
         self.model = model
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.pad_id = pad_id
+        self.initial_state = get_adapter_state(model) if initial_state is None else initial_state
 
     def fit(self, global_state: AdapterState, examples: Sequence[TokenizedExample], cfg: TrainConfig,
             *, seed: int, round_idx: int, client_id: int, corrections: Sequence[Correction] = (),
-            on_step: StepCallback | None = None) -> ClientUpdate:
+            on_step: StepCallback | None = None, lora: tuple[int | None, str] | None = None) -> ClientUpdate:
         """Run one local round and return the client's update.
 
+        ``global_state`` is what the job carries: the client trains exactly those entries.
+        ``lora``: (rank, targets) of the client's own adapter (None: the global adapter).
         ``corrections`` add a method's term to the gradients of every step before clipping
         (FedProx's proximal term, SCAFFOLD's control variates; see fedit.client.job).
         """
         start = time.perf_counter()
-        set_adapter_state(self.model, global_state)
-        named = adapter_parameters(self.model)
+        with client_adapter(self.model, lora, global_state, self.initial_state) as named:
+            return self._fit(named, examples, cfg, seed=seed, round_idx=round_idx, client_id=client_id,
+                             corrections=corrections, on_step=on_step, start=start)
+
+    def _fit(self, named: dict[str, torch.nn.Parameter], examples: Sequence[TokenizedExample], cfg: TrainConfig,
+             *, seed: int, round_idx: int, client_id: int, corrections: Sequence[Correction],
+             on_step: StepCallback | None, start: float) -> ClientUpdate:
         params = list(named.values())
         cseed = client_seed(seed, round_idx, client_id)
         plan = plan_steps([len(e.input_ids) for e in examples], batch_size=cfg.batch_size,
@@ -70,7 +83,7 @@ class LocalTrainer:
                     on_step(step_idx + 1, len(plan), loss)
         self.model.eval()
         optimizer.zero_grad(set_to_none=True)
-        state = get_adapter_state(self.model)
+        state = {k: p.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous() for k, p in named.items()}
         tokens = stats["tokens"]
         metrics = {
             "train_loss": stats["loss_sum"] / tokens if tokens else float("nan"),

@@ -75,10 +75,14 @@ def _palette(n: int) -> list[Any]:
     return [colormaps["gist_rainbow"](i / max(1, n - 1)) for i in range(n)]
 
 
-def write_partition_stats(parts: Sequence[Sequence[Example]], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write ``stats.json`` and ``categories.png`` of a partition into ``out_dir``; return the stats."""
+def write_partition_stats(parts: Sequence[Sequence[Example]], out_dir: str | os.PathLike[str],
+                          client_info: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write ``stats.json`` and ``categories.png`` of a partition into ``out_dir``; return the stats.
+    ``client_info``: more fields per client (e.g. its LoRA rank), merged into its entry."""
     out = Path(out_dir)
     stats = partition_stats(parts)
+    for entry, info in zip(stats["clients"], client_info or []):
+        entry.update({k: v for k, v in info.items() if k != "client"})
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     plot_partition(stats, out / "categories.png")
     return stats

@@ -36,6 +36,7 @@ from fedit.progress import Progress
 from fedit.fileio import atomic_write_text
 from fedit.runners.common import build_workbench, ensure_dir, load_clients, load_test
 from fedit.runners.simulation import Simulation
+from fedit.server import check_methods
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Experiment:
         cfg = self.cfg
         if cfg.data.test_data is None:
             raise ConfigError("--test-data: an experiment needs held-out data to compare systems on")
+        check_methods(cfg)
         self._claim_out_dir()
         self.clients = load_clients(cfg)
         self.test = load_test(cfg)

@@ -1,6 +1,7 @@
 """Base models and LoRA adapters: resolve and load a base model, wrap it with LoRA, and move
 adapter weights in and out of it (the wire format between server and clients)."""
 
+from fedit.model.client_adapters import check_client_targets, client_adapter, ensure_adapter
 from fedit.model.load import BaseModel, autocast, load_base_model, resolve_device, resolve_precision
 from fedit.model.lora import (
     AdapterState,
@@ -24,6 +25,9 @@ __all__ = [
     "autocast",
     "cache_dir",
     "check_adapter_state",
+    "check_client_targets",
+    "client_adapter",
+    "ensure_adapter",
     "get_adapter_state",
     "load_adapter_state",
     "load_base_model",

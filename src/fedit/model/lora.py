@@ -33,8 +33,9 @@ AdapterState = dict[str, torch.Tensor]
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
-# model -> (adapter name, {wire key: parameter}); weak so dropping a model frees its entry.
-_PARAM_MAPS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, dict[str, torch.nn.Parameter]]]
+# model -> {adapter name: {wire key: parameter}}; weak so dropping a model frees its entry. A
+# resident model may hold several adapters (one per client layout, fedit.model.client_adapters).
+_PARAM_MAPS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, dict[str, torch.nn.Parameter]]]
 _PARAM_MAPS = weakref.WeakKeyDictionary()
 
 
@@ -87,12 +88,15 @@ def _parse_targets(model: torch.nn.Module, targets: str | list[str]) -> str | li
     return names
 
 
-def _param_map(model: peft.PeftModel) -> dict[str, torch.nn.Parameter]:
-    """Wire key -> LoRA parameter of the active adapter, built once per model and adapter."""
-    adapter = model.active_adapter
-    cached = _PARAM_MAPS.get(model)
-    if cached is not None and cached[0] == adapter:
-        return cached[1]
+def _param_map(model: peft.PeftModel, adapter: str | None = None) -> dict[str, torch.nn.Parameter]:
+    """Wire key -> LoRA parameter of ``adapter`` (default: the active one), built once per model
+    and adapter."""
+    adapter = adapter or model.active_adapter
+    maps = _PARAM_MAPS.get(model)
+    if maps is None:
+        maps = _PARAM_MAPS[model] = {}
+    if adapter in maps:
+        return maps[adapter]
     by_storage = {p.data_ptr(): p for p in model.parameters()}
     mapping = {}
     for key, tensor in peft.get_peft_model_state_dict(model, adapter_name=adapter).items():
@@ -100,20 +104,20 @@ def _param_map(model: peft.PeftModel) -> dict[str, torch.nn.Parameter]:
         if param is None or param.shape != tensor.shape:
             raise ModelError(f"adapter entry {key} is not a parameter of the model (unsupported peft setup)")
         mapping[key] = param
-    _PARAM_MAPS[model] = (adapter, mapping)
+    maps[adapter] = mapping
     return mapping
 
 
-def adapter_parameters(model: peft.PeftModel) -> dict[str, torch.nn.Parameter]:
-    """The trainable LoRA parameters of the active adapter, by wire key (cached per model)."""
-    return _param_map(model)
+def adapter_parameters(model: peft.PeftModel, adapter: str | None = None) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters of ``adapter`` (default: the active one), by wire key (cached per model)."""
+    return _param_map(model, adapter)
 
 
-def get_adapter_state(model: peft.PeftModel) -> AdapterState:
-    """A copy of the model's adapter weights: detached, contiguous fp32 CPU tensors."""
+def get_adapter_state(model: peft.PeftModel, adapter: str | None = None) -> AdapterState:
+    """A copy of the adapter's weights (default: the active adapter): detached, contiguous fp32 CPU tensors."""
     return {
         key: p.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
-        for key, p in _param_map(model).items()
+        for key, p in _param_map(model, adapter).items()
     }
 
 

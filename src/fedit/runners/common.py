@@ -59,9 +59,10 @@ def build_workbench(cfg: Config) -> Workbench:
     lora = cfg.lora
     model = add_lora(base.model, r=lora.lora_r, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
                      targets=lora.lora_targets, seed=cfg.federation.seed)
+    initial = get_adapter_state(model)
     trainer = LocalTrainer(model, device=base.device, autocast_dtype=base.autocast_dtype,
-                           pad_id=base.tokenizer.pad_token_id)
-    return Workbench(base, model, trainer, get_adapter_state(model))
+                           pad_id=base.tokenizer.pad_token_id, initial_state=initial)
+    return Workbench(base, model, trainer, initial)
 
 
 def subsample(examples: list[Example], limit: int | None, rng: np.random.Generator) -> list[Example]:

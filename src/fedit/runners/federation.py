@@ -168,6 +168,8 @@ def round_summary(record: dict[str, Any], rounds: int) -> str:
         parts.append(f"eval loss {ev['loss']:.4f} ppl {ev['perplexity']:.2f}")
     if "lora_gap_mean" in record:
         parts.append(f"lora gap {record['lora_gap_mean']:.3g}")
+    if "svd_energy_dropped_mean" in record:
+        parts.append(f"svd drop {record['svd_energy_dropped_mean']:.3g}")
     if record.get("dropped"):
         parts.append(f"dropped {len(record['dropped'])}")
     if "seconds" in record:

@@ -24,7 +24,10 @@ from fedit.progress import Progress
 from fedit.runners.common import Workbench, build_workbench, load_clients, load_test
 from fedit.runners.federation import Federation, Reply
 from fedit.runners.rundir import RunDir
-from fedit.server import build_strategy
+from fedit.client_lora import layout_record
+from fedit.model import check_client_targets
+from fedit.server import build_strategy, check_methods
+from fedit.server.build import client_layouts
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +95,19 @@ class Simulation:
 
     def setup(self) -> None:
         cfg = self.cfg
+        check_methods(cfg)  # a combination of methods that makes no sense: refused before anything is written
         self.clients = load_clients(cfg)  # validates the data before anything is written
         cfg.federation.clients_to_sample(len(self.clients))  # e.g. --partition files: fewer files
+        layouts = client_layouts(cfg, len(self.clients))
         test = load_test(cfg)
         ckpt = self.run_dir.prepare(cfg, self.resume)
-        write_partition_stats(self.clients, self.run_dir.path)
+        heterogeneous = cfg.lora.client_ranks is not None or cfg.lora.client_targets is not None
+        write_partition_stats(self.clients, self.run_dir.path, layout_record(layouts) if heterogeneous else None)
         self.bench: Workbench = self._bench if self._bench is not None else build_workbench(cfg)
+        check_client_targets(self.bench.model, [lay.targets for lay in layouts])
         test_tok = self.bench.tokenize(test, cfg.data, train_on_prompt=False)
         self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress)
-        self.federation = Federation(cfg, build_strategy(cfg, len(self.clients)), self.transport, self.run_dir,
+        self.federation = Federation(cfg, build_strategy(cfg, len(self.clients), layouts), self.transport, self.run_dir,
                                      evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
                                      progress=self.progress)
         self.federation.start(self.bench.initial_state, ckpt)

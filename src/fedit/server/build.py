@@ -6,13 +6,16 @@ definition (the config field, with its default and help) and no hand-written plu
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Sequence
 
+from fedit.client_lora import ClientLora, canonical_targets, differing, listed_layouts, resolve_clients
 from fedit.config import Config
+from fedit.errors import ConfigError
 from fedit.registry import STRATEGIES, WRAPPERS, load
 from fedit.server.strategy import Strategy
 
-BASE_KWARGS = ("num_clients", "clients_per_round", "seed")
+BASE_KWARGS = ("num_clients", "clients_per_round", "seed", "client_lora")
+CLIENT_FLAGS = ("--client-ranks", "--client-targets")
 
 
 def strategy_class(name: str) -> type[Strategy]:
@@ -43,11 +46,70 @@ def make_strategy(name: str, **kwargs: Any) -> Strategy:
     return strategy_class(name)(**kwargs)
 
 
-def build_strategy(cfg: Config, num_clients: int) -> Strategy:
-    """The run's strategy for ``num_clients`` clients, wrapped as the config asks."""
+def global_lora(cfg: Config) -> ClientLora:
+    """The global adapter's layout (--lora-r, --lora-targets)."""
+    return ClientLora(cfg.lora.lora_r, canonical_targets(cfg.lora.lora_targets))
+
+
+def client_layouts(cfg: Config, num_clients: int) -> list[ClientLora]:
+    """Every client's adapter layout from --client-ranks / --client-targets (the global one by default)."""
+    lora = cfg.lora
+    return resolve_clients(lora.lora_r, lora.lora_targets, lora.client_ranks, lora.client_targets,
+                           cfg.federation.seed, num_clients)
+
+
+def build_strategy(cfg: Config, num_clients: int,
+                   client_lora: Sequence[ClientLora] | dict[int, ClientLora] | None = None) -> Strategy:
+    """The run's strategy for ``num_clients`` clients, wrapped as the config asks. ``client_lora``:
+    every client's adapter layout when the runner knows it (a Flower run: from the nodes); by
+    default it follows --client-ranks / --client-targets."""
     cls = strategy_class(cfg.federation.strategy)
+    layouts = client_layouts(cfg, num_clients) if client_lora is None else client_lora
     strategy = cls(num_clients=num_clients, clients_per_round=cfg.federation.clients_to_sample(num_clients),
-                   seed=cfg.federation.seed, **method_kwargs(cls, cfg))
+                   seed=cfg.federation.seed, client_lora=differing(layouts, global_lora(cfg)),
+                   **method_kwargs(cls, cfg))
     for path in WRAPPERS.values():
         strategy = load(path)(strategy, cfg)
     return strategy
+
+
+def check_methods(cfg: Config, layouts: Sequence[ClientLora] | None = None,
+                  flags: tuple[str, str] = CLIENT_FLAGS) -> None:
+    """Refuse, in one line naming the flags, a combination of --strategy, --lora-aggregation and
+    per-client adapters (--client-ranks/--client-targets, or the nodes' ``flags``) that makes no sense.
+    Every runner calls it before it writes anything; ``layouts``: the clients' adapters once known
+    (default: every rank and module list the flags name). Client modules are checked against the
+    model (fedit.model.client_adapters.check_client_targets)."""
+    cls, agg, lora_r = strategy_class(cfg.federation.strategy), cfg.lora.lora_aggregation, cfg.lora.lora_r
+    strategy = f"--strategy {cfg.federation.strategy}"
+    if agg == "product-svd" and cls.factor_state:
+        fits = ", ".join(n for n in STRATEGIES if not strategy_class(n).factor_state)
+        raise ConfigError(f"{strategy} keeps server state per coordinate of the LoRA factors, which --lora-aggregation "
+                          f"product-svd re-factors every round: use --strategy {fits} with it, or another "
+                          "--lora-aggregation")
+    if agg == "ffa" and cls.needs_full_adapter:
+        raise ConfigError(f"{strategy} needs every client to train the whole adapter, but --lora-aggregation ffa "
+                          "never trains A: use another --lora-aggregation")
+    if layouts is None:
+        ranks, targets = listed_layouts(cfg.lora.client_ranks, cfg.lora.client_targets)
+    else:
+        ranks, targets = [lay.rank for lay in layouts], [lay.targets for lay in layouts]
+    ranks_flag, targets_flag = flags
+    if any(t != canonical_targets(cfg.lora.lora_targets) for t in targets) and cls.needs_full_adapter:
+        raise ConfigError(f"{strategy} needs every client to train the whole adapter: it does not combine with "
+                          f"{targets_flag}")
+    if not ranks:
+        return
+    if max(ranks) > lora_r:
+        raise ConfigError(f"{ranks_flag}: rank {max(ranks)} is larger than --lora-r {lora_r} (the global adapter "
+                          "has the largest rank: raise --lora-r)")
+    if min(ranks) < lora_r and cls.needs_full_adapter:
+        raise ConfigError(f"{strategy} needs every client to train the whole adapter: it does not combine with "
+                          f"{ranks_flag} below --lora-r {lora_r}")
+    if min(ranks) < lora_r and agg == "factors":
+        raise ConfigError(f"--lora-aggregation factors averages factors of one shape, but {ranks_flag} gives ranks "
+                          f"below --lora-r {lora_r}: use --lora-aggregation zero-pad, ffa or product-svd")
+    if max(ranks) < lora_r and agg in ("zero-pad", "ffa"):
+        raise ConfigError(f"--lora-r {lora_r} is larger than every rank of {ranks_flag} (at most {max(ranks)}): "
+                          f"with --lora-aggregation {agg} the extra components are never trained; "
+                          f"set --lora-r {max(ranks)}")

@@ -15,30 +15,59 @@ from abc import ABC
 from typing import Any, ClassVar, Sequence
 
 from fedit.client.job import ClientJob, ClientUpdate, Scalar
+from fedit.client_lora import ClientLora
 from fedit.model import AdapterState
-from fedit.server.aggregate import lora_product_gap, normalized_weights, weighted_mean
+from fedit.server.aggregate import normalized_weights
+from fedit.server.lora_aggregate import aggregate_lora, client_view
 from fedit.server.sampling import ClientSampler
 
 
 class Strategy(ABC):
-    name: ClassVar[str] = "base"
+    """``lora_aggregation`` (``--lora-aggregation``) says how client adapters are averaged (see
+    fedit.server.lora_aggregate); ``client_lora`` maps the clients whose adapter is not the global
+    one (a lower rank, fewer modules) to their layout: each gets its truncation of the global adapter
+    and the ``lora_rank``/``lora_targets`` keys. Subclasses call ``super().aggregate_train`` for the
+    average and apply their own step to it, so every strategy composes with every rule."""
 
-    def __init__(self, *, num_clients: int, clients_per_round: int, seed: int) -> None:
+    name: ClassVar[str] = "base"
+    # Keeps server state per coordinate of the LoRA factors (momentum, moments, control variates):
+    # meaningless when the factors are re-based every round (product-svd).
+    factor_state: ClassVar[bool] = False
+    # Needs every client to train the whole global adapter (e.g. SCAFFOLD's control variates).
+    needs_full_adapter: ClassVar[bool] = False
+
+    def __init__(self, *, num_clients: int, clients_per_round: int, seed: int, lora_aggregation: str = "factors",
+                 client_lora: dict[int, ClientLora] | None = None) -> None:
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.sampler = ClientSampler(num_clients, seed)
+        self.lora_aggregation = lora_aggregation
+        self.client_lora = dict(client_lora or {})
 
     def describe(self) -> str:
         return self.name
 
     def configure_train(self, round_idx: int, global_state: AdapterState) -> list[ClientJob]:
-        """The jobs of this round: one per sampled client, each with its client config."""
-        return [ClientJob(cid, round_idx, global_state, self.client_config(round_idx, cid))
+        """The jobs of this round: one per sampled client, each with its view of the global
+        adapter and its client config."""
+        return [ClientJob(cid, round_idx, self.client_state(cid, global_state), self.client_config(round_idx, cid))
                 for cid in self.sampler.sample(self.clients_per_round)]
 
+    def client_state(self, client_id: int, global_state: AdapterState) -> AdapterState:
+        """The part of the global adapter ``client_id`` trains: its rank and modules; B only under ffa."""
+        layout = self.client_lora.get(client_id)
+        b_only = self.lora_aggregation == "ffa"
+        if layout is None and not b_only:
+            return global_state
+        if layout is None:
+            return client_view(global_state, None, "all-linear", b_only=True)
+        return client_view(global_state, layout.rank, layout.targets, b_only=b_only)
+
     def client_config(self, round_idx: int, client_id: int) -> dict[str, Scalar]:
-        """Keys of fedit.client.job.CLIENT_KEYS this strategy sets for a client (none for FedAvg)."""
-        return {}
+        """Keys of fedit.client.job.CLIENT_KEYS this strategy sets for a client (FedAvg: only the
+        adapter layout of a client that trains a smaller one)."""
+        layout = self.client_lora.get(client_id)
+        return {} if layout is None else {"lora_rank": layout.rank, "lora_targets": layout.targets}
 
     def receive(self, job: ClientJob, update: ClientUpdate) -> ClientUpdate:
         """A reply as the server reads it, before it is checked against ``job``: the identity here;
@@ -47,12 +76,13 @@ class Strategy(ABC):
 
     def aggregate_train(self, round_idx: int, global_state: AdapterState,
                         updates: Sequence[ClientUpdate]) -> tuple[AdapterState, dict[str, Any]]:
-        """New global adapter from valid updates, weighted by number of examples (FedAvg)."""
+        """New global adapter from valid updates, weighted by number of examples: FedAvg, with the
+        LoRA factors combined as ``--lora-aggregation`` says."""
         weights = [u.num_examples for u in updates]
-        states = [u.state for u in updates]
         metrics = train_metrics(updates, weights)
-        metrics.update(lora_product_gap(states, weights))
-        return weighted_mean(states, weights), metrics
+        state, lora_metrics = aggregate_lora(self.lora_aggregation, global_state, [u.state for u in updates], weights)
+        metrics.update(lora_metrics)
+        return state, metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}

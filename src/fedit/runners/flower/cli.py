@@ -169,6 +169,10 @@ def _supernode(sub) -> None:
     p.add_argument("--auth-key", type=Path, help="private key (from fedit deploy keygen) when the SuperLink "
                                                  "runs with --auth")
     p.add_argument("--port", type=int, default=9094, help="local port of the node's ClientApp API (default 9094)")
+    p.add_argument("--lora-rank", type=int, help="the LoRA rank this node trains, at most the run's --lora-r "
+                                                 "(default: the run's; see docs/methods.md)")
+    p.add_argument("--lora-targets", help="the modules this node adapts, within the run's --lora-targets: "
+                                          "all-linear or a comma list (default: the run's)")
     p.add_argument("--print-command", action="store_true", help="print the flower-supernode command, do not run")
 
     def run(args: argparse.Namespace) -> int:
@@ -176,9 +180,12 @@ def _supernode(sub) -> None:
 
         if not args.data.is_file():
             logger.warning("--data %s does not exist: this node will answer every round with an error", args.data)
+        if args.lora_rank is not None and args.lora_rank < 1:
+            raise FeditError(f"--lora-rank {args.lora_rank}: must be at least 1")
         root = Path(args.root_certificates).resolve() if args.root_certificates else None
         argv = supernode_command(args.superlink, args.data, client_index=args.client_index, port=args.port,
-                                 root_cert=root, private_key=args.auth_key.resolve() if args.auth_key else None)
+                                 root_cert=root, private_key=args.auth_key.resolve() if args.auth_key else None,
+                                 lora_rank=args.lora_rank, lora_targets=args.lora_targets)
         return _foreground("supernode", argv, _home(args), args.print_command)
 
     p.set_defaults(func=run)
@@ -245,7 +252,9 @@ def _register(sub) -> None:
 def _run_files(args: argparse.Namespace, cfg, folder: Path) -> tuple[Path, Path]:
     from fedit.runners.flower.appdir import write_app, write_run_config
     from fedit.runners.flower.wire import run_config_values
+    from fedit.server.build import check_methods
 
+    check_methods(cfg)
     values = run_config_values(cfg, Path(args.out), resume=args.resume, deploy=_deploy(args))
     return write_app(folder / "app"), write_run_config(folder / "run.toml", values)
 

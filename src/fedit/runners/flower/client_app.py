@@ -23,8 +23,8 @@ from flwr.clientapp import ClientApp
 from fedit.config import Config
 from fedit.data import Example, load_examples
 from fedit.errors import ConfigError, DataError, FeditError
-from fedit.runners.flower.wire import (CLIENT_INDEX_KEY, CONFIG, DATA_PATH_KEY, FEDIT_ERROR_CODE,
-                                       config_from_run, job_from_message, update_content)
+from fedit.runners.flower.wire import (CLIENT_INDEX_KEY, CONFIG, DATA_PATH_KEY, FEDIT_ERROR_CODE, LORA_RANK_KEY,
+                                       LORA_TARGETS_KEY, config_from_run, job_from_message, update_content)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,39 @@ def node_client_index(node_config: dict[str, Any]) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"node config {CLIENT_INDEX_KEY}: expected an int >= 0, got {value!r}")
     return value
+
+
+def node_lora(node_config: dict[str, Any], cfg: Config) -> tuple[int | None, str | None]:
+    """The adapter this node can train (``lora-rank``, ``lora-targets``; None where unset): the
+    data owner knows its device. ConfigError (one line) if the values are unusable."""
+    from fedit.client_lora import canonical_targets
+
+    rank = node_config.get(LORA_RANK_KEY)
+    if rank is not None and rank != "":
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= cfg.lora.lora_r:
+            raise ConfigError(f"node config {LORA_RANK_KEY}: expected an int from 1 to the run's --lora-r "
+                              f"{cfg.lora.lora_r}, got {rank!r}")
+    else:
+        rank = None
+    targets = node_config.get(LORA_TARGETS_KEY)
+    if targets is not None and (not isinstance(targets, str) or not canonical_targets(targets)):
+        raise ConfigError(f"node config {LORA_TARGETS_KEY}: expected all-linear or a comma list of modules, "
+                          f"got {targets!r}")
+    return rank, canonical_targets(targets) if targets else None
+
+
+def check_job_lora(node_config: dict[str, Any], cfg: Config, job_config: dict[str, Any]) -> None:
+    """Refuse a job for another adapter than the one this node's config says it trains."""
+    from fedit.client.job import job_lora
+    from fedit.client_lora import canonical_targets
+
+    rank, targets = node_lora(node_config, cfg)
+    asked = job_lora(job_config) or (None, cfg.lora.lora_targets)
+    asked_rank = cfg.lora.lora_r if asked[0] is None else asked[0]
+    if rank is not None and rank != asked_rank:
+        raise ConfigError(f"node config {LORA_RANK_KEY}={rank} but the server asked for rank {asked_rank}")
+    if targets is not None and targets != canonical_targets(asked[1]):
+        raise ConfigError(f"node config {LORA_TARGETS_KEY}={targets} but the server asked for {asked[1]}")
 
 
 def node_records(node_config: dict[str, Any]) -> list[Example]:
@@ -71,12 +104,16 @@ def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Answer the server's roll call: this node's client index (-1: any) and its record count."""
-    answer: dict[str, Any] = {"client-index": -1, "num-examples": 0, "error": ""}
+    """Answer the server's roll call: this node's client index (-1: any), its record count and the
+    adapter it trains (lora-rank 0 / lora-targets "": the run's)."""
+    answer: dict[str, Any] = {"client-index": -1, "num-examples": 0, "error": "", LORA_RANK_KEY: 0,
+                              LORA_TARGETS_KEY: ""}
     try:
         index = node_client_index(context.node_config)
         answer["client-index"] = -1 if index is None else index
         cfg = config_from_run(context.run_config)
+        rank, targets = node_lora(context.node_config, cfg)
+        answer[LORA_RANK_KEY], answer[LORA_TARGETS_KEY] = rank or 0, targets or ""
         limit = cfg.data.max_client_records
         answer["num-examples"] = min(len(node_records(context.node_config)), limit or 1 << 62)
     except (FeditError, OSError, ValueError) as exc:
@@ -110,6 +147,7 @@ def train(msg: Message, context: Context) -> Message:
         if pinned is not None and pinned != job.client_id:
             raise ConfigError(f"node config {CLIENT_INDEX_KEY}={pinned} but the server asked for "
                               f"client {job.client_id}")
+        check_job_lora(context.node_config, cfg, job.config)
         examples = node_examples(context.node_config, cfg, job.client_id)
         from fedit.client.job import run_job  # torch, transformers, peft: ~7 s cold
         from fedit.runners.common import build_workbench

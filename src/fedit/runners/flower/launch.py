@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedit.runners.flower.appdir import CONNECTION
 from fedit.runners.flower.processes import bin_dir
-from fedit.runners.flower.wire import CLIENT_INDEX_KEY, DATA_PATH_KEY
+from fedit.runners.flower.wire import CLIENT_INDEX_KEY, DATA_PATH_KEY, LORA_RANK_KEY, LORA_TARGETS_KEY
 
 
 @dataclass
@@ -45,18 +45,24 @@ def superlink_command(host: str, port: int, *, tls: LinkTls | None, auth: bool,
     return argv
 
 
-def node_config(data: Path, client_index: int | None) -> str:
+def node_config(data: Path, client_index: int | None, lora_rank: int | None = None,
+                lora_targets: str | None = None) -> str:
     items = [f'{DATA_PATH_KEY}="{Path(data).resolve()}"']
     if client_index is not None:
         items.append(f"{CLIENT_INDEX_KEY}={client_index}")
+    if lora_rank is not None:
+        items.append(f"{LORA_RANK_KEY}={lora_rank}")
+    if lora_targets is not None:
+        items.append(f'{LORA_TARGETS_KEY}="{lora_targets}"')
     return " ".join(items)
 
 
 def supernode_command(superlink: str, data: Path, *, client_index: int | None, port: int,
                       root_cert: Path | None, private_key: Path | None,
-                      max_wait_time: float | None = None) -> list[str]:
+                      max_wait_time: float | None = None, lora_rank: int | None = None,
+                      lora_targets: str | None = None) -> list[str]:
     argv = [_tool("flower-supernode"), "--superlink", superlink, "--port", str(port),
-            "--node-config", node_config(data, client_index)]
+            "--node-config", node_config(data, client_index, lora_rank, lora_targets)]
     argv += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
     if private_key is not None:
         argv += ["--auth-supernode-private-key", str(private_key)]

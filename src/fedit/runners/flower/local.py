@@ -104,6 +104,12 @@ class LocalFederation:
         return [r for r in RunDir(self.out).metrics.read() if r.get("type") == "round"]
 
     def _check(self) -> None:
+        from fedit.server.build import check_methods, client_layouts
+
+        check_methods(self.cfg)
+        heterogeneous = self.cfg.lora.client_ranks is not None or self.cfg.lora.client_targets is not None
+        # --client-ranks / --client-targets become the nodes' own lora-rank / lora-targets
+        self.layouts = client_layouts(self.cfg, len(self.opts.node_data)) if heterogeneous else None
         for path in self.opts.node_data:
             if not Path(path).exists():
                 logger.warning("--node-data %s does not exist: that node will report an error", path)
@@ -136,7 +142,8 @@ class LocalFederation:
     def _start_nodes(self) -> bool | None:
         for index, data in enumerate(self.opts.node_data):
             key = self._node_key(f"node{index}", register=True)
-            self._start_node(f"supernode-{index}", data, index, key)
+            self._start_node(f"supernode-{index}", data, index, key,
+                             layout=self.layouts[index] if self.layouts else None)
         refused = None
         for index, data in enumerate(self.opts.unregistered_nodes):
             key = self._node_key(f"stranger{index}", register=False)
@@ -153,10 +160,12 @@ class LocalFederation:
         return private
 
     def _start_node(self, name: str, data: Path, index: int | None, key: Path | None,
-                    max_wait_time: float | None = None) -> subprocess.Popen:
+                    max_wait_time: float | None = None, layout=None) -> subprocess.Popen:
         argv = launch.supernode_command(f"{HOST}:{self.port}", Path(data), client_index=index,
                                         port=free_port(HOST), root_cert=self.tls.ca_cert if self.tls else None,
-                                        private_key=key, max_wait_time=max_wait_time)
+                                        private_key=key, max_wait_time=max_wait_time,
+                                        lora_rank=layout.rank if layout else None,
+                                        lora_targets=layout.targets if layout else None)
         return self.group.start(name, argv, env=self.env, log_path=self.work / "logs" / f"{name}.log")
 
     def _refused(self, proc: subprocess.Popen, index: int) -> bool:

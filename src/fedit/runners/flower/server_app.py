@@ -23,15 +23,21 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedit.client.job import ClientJob
+from fedit.client_lora import ClientLora, canonical_targets
 from fedit.config import Config, DeployConfig
 from fedit.errors import FeditError, UpdateError
 from fedit.fileio import atomic_write_text
-from fedit.model import save_adapter
+from fedit.model import check_client_targets, save_adapter
 from fedit.runners.common import Workbench, build_workbench, load_test
 from fedit.runners.federation import ClientFailure, Federation, Reply
 from fedit.runners.flower import wire
 from fedit.runners.rundir import RunDir
-from fedit.server import build_strategy
+from fedit.server import build_strategy, check_methods
+from fedit.server.build import client_layouts
+
+# What a refusal of the clients' adapters names in a deployment: the run's flags or the nodes' own config.
+NODE_FLAGS = (f"--client-ranks / node config {wire.LORA_RANK_KEY}",
+              f"--client-targets / node config {wire.LORA_TARGETS_KEY}")
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +98,14 @@ class FlowerServer:
 
     def setup(self) -> None:
         cfg, deploy = self.cfg, self.s.deploy
+        check_methods(cfg)
         ckpt = self.run_dir.prepare(cfg, self.s.resume)
         self.nodes = self._roll_call()
+        check_methods(cfg, self.layouts, NODE_FLAGS)
         self.bench: Workbench = build_workbench(cfg)
+        check_client_targets(self.bench.model, [lay.targets for lay in self.layouts])
         test_tok = self.bench.tokenize(load_test(cfg), cfg.data, train_on_prompt=False)
-        self.federation = Federation(cfg, build_strategy(cfg, len(self.nodes)),
+        self.federation = Federation(cfg, build_strategy(cfg, len(self.nodes), self.layouts),
                                      FlowerClients(self.grid, self.nodes, deploy.round_timeout), self.run_dir,
                                      evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
                                      min_updates=deploy.min_nodes)
@@ -153,12 +162,27 @@ class FlowerServer:
         clients.update({next(open_ids): node for node in free})
         if len(clients) < self.s.deploy.min_nodes:
             raise FeditError(f"only {len(clients)} node(s) answered; --min-nodes is {self.s.deploy.min_nodes}")
+        self.layouts = self._layouts(clients, info)
         table = [{"client": c, "node_id": n, "num_examples": info[n].get("num-examples"),
-                  "error": info[n].get("error") or None} for c, n in sorted(clients.items())]
+                  "lora_rank": self.layouts[c].rank, "lora_targets": self.layouts[c].targets,
+                  "lora_from": "node" if info[n].get(wire.LORA_RANK_KEY) or info[n].get(wire.LORA_TARGETS_KEY)
+                  else "run", "error": info[n].get("error") or None} for c, n in sorted(clients.items())]
         atomic_write_text(self.run_dir.path / "nodes.json", json.dumps(table, indent=2) + "\n")
         logger.info("clients: %s", ", ".join(f"{r['client']}=node {r['node_id']} ({r['num_examples']} records)"
                                              for r in table))
         return clients
+
+    def _layouts(self, clients: dict[int, int], info: dict[int, dict]) -> list[ClientLora]:
+        """Every client's adapter: what its node's config says (lora-rank, lora-targets), else what
+        --client-ranks / --client-targets give its client index, else the global adapter."""
+        defaults = client_layouts(self.cfg, len(clients))
+        layouts = []
+        for index in range(len(clients)):
+            answer = info[clients[index]]
+            rank = int(answer.get(wire.LORA_RANK_KEY) or 0) or defaults[index].rank
+            targets = str(answer.get(wire.LORA_TARGETS_KEY) or "") or defaults[index].targets
+            layouts.append(ClientLora(rank, canonical_targets(targets)))
+        return layouts
 
     def finish(self) -> None:
         save_adapter(self.bench.model, self.federation.state, self.run_dir.final_dir, self.bench.base.path)

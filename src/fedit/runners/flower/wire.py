@@ -34,6 +34,8 @@ RESUME_KEY = "resume"                # continue the run in OUT from its last che
 # Node-config keys (flower-supernode --node-config / fedit deploy supernode).
 DATA_PATH_KEY = "data-path"
 CLIENT_INDEX_KEY = "client-index"
+LORA_RANK_KEY = "lora-rank"          # the rank this node trains (heterogeneous clients; default: the run's)
+LORA_TARGETS_KEY = "lora-targets"    # the modules this node adapts (default: the run's)
 
 # Message content keys.
 ARRAYS, CONFIG, JOB, METRICS = "arrays", "config", "job", "metrics"
