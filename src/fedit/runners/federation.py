@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from fedit.client.job import ClientJob, ClientUpdate
+from fedit.client.job import ClientJob, ClientUpdate, PooledUpdate
 from fedit.config import Config
 from fedit.errors import FeditError, UpdateError
 from fedit.model import AdapterState, check_adapter_state
@@ -140,9 +140,10 @@ class Federation:
                 logger.warning("dropping update: %s", reply.reason)
                 failures.append(reply.reason)
                 continue
-            metrics = {k: v for k, v in reply.metrics.items() if k not in CLIENT_RECORD_FIELDS}
-            self.run_dir.log({"type": "client", "round": round_idx, "client": reply.client_id,
-                              "num_examples": reply.num_examples, **metrics})
+            for client_id, num_examples, client_metrics in _members(reply):
+                metrics = {k: v for k, v in client_metrics.items() if k not in CLIENT_RECORD_FIELDS}
+                self.run_dir.log({"type": "client", "round": round_idx, "client": client_id,
+                                  "num_examples": num_examples, **metrics})
             updates.append(reply)
         return updates, failures
 
@@ -154,6 +155,14 @@ class Federation:
             raise FeditError(f"round {round_idx}: the aggregated adapter is unusable ({exc}); nothing of this "
                              f"round was saved, the run stops after round {round_idx - 1} (try a lower "
                              "--lr, or a robust aggregator)") from None
+
+
+def _members(reply: ClientUpdate) -> list[tuple[int, int | None, dict[str, Any]]]:
+    """(client, examples, metrics) of each client a reply stands for (a pooled reply: its members,
+    whose adapters the server never saw)."""
+    if isinstance(reply, PooledUpdate):
+        return [(c, reply.member_examples.get(c), reply.member_metrics.get(c, {})) for c in reply.client_ids]
+    return [(reply.client_id, reply.num_examples, reply.metrics)]
 
 
 def round_summary(record: dict[str, Any], rounds: int) -> str:
@@ -168,6 +177,8 @@ def round_summary(record: dict[str, Any], rounds: int) -> str:
         parts.append(f"eval loss {ev['loss']:.4f} ppl {ev['perplexity']:.2f}")
     if "lora_gap_mean" in record:
         parts.append(f"lora gap {record['lora_gap_mean']:.3g}")
+    if "dp_epsilon" in record:
+        parts.append(f"DP epsilon {record['dp_epsilon']:.3g} (delta {record['dp_delta']:.0e})")
     if record.get("dropped"):
         parts.append(f"dropped {len(record['dropped'])}")
     if "seconds" in record:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC
 from typing import Any, ClassVar, Sequence
 
-from fedit.client.job import ClientJob, ClientUpdate, Scalar
+from fedit.client.job import ClientJob, ClientUpdate, PooledUpdate, Scalar
 from fedit.model import AdapterState
 from fedit.server.aggregate import lora_product_gap, normalized_weights, weighted_mean
 from fedit.server.sampling import ClientSampler
@@ -51,7 +51,8 @@ class Strategy(ABC):
         weights = [u.num_examples for u in updates]
         states = [u.state for u in updates]
         metrics = train_metrics(updates, weights)
-        metrics.update(lora_product_gap(states, weights))
+        if not any(isinstance(u, PooledUpdate) for u in updates):  # pooled: the factors are not seen
+            metrics.update(lora_product_gap(states, weights))
         return weighted_mean(states, weights), metrics
 
     def state_dict(self) -> dict[str, Any]:
@@ -65,10 +66,38 @@ def train_metrics(updates: Sequence[ClientUpdate], weights: Sequence[float]) -> 
     """The round record's client summary: who took part, examples, weighted train loss."""
     w = normalized_weights(weights)
     return {
-        "clients": [u.client_id for u in updates],
+        "clients": [cid for u in updates for cid in member_ids(u)],
         "num_examples": int(sum(u.num_examples for u in updates)),
         "train_loss": sum(wk * u.metrics.get("train_loss", 0.0) for wk, u in zip(w, updates)),
     }
+
+
+def member_ids(update: ClientUpdate) -> list[int]:
+    """The clients an update stands for: its own, or every member of a pooled update."""
+    return list(update.client_ids) if isinstance(update, PooledUpdate) else [update.client_id]
+
+
+def pool_updates(updates: Sequence[ClientUpdate], state: AdapterState, weighting: str) -> PooledUpdate:
+    """One pooled update standing for ``updates`` (already pooled ones are flattened): ``state`` is
+    their mean as computed by the caller; metrics: example-weighted train loss, summed compute time."""
+    members = [cid for u in updates for cid in member_ids(u)]
+    member_metrics: dict[int, dict[str, float]] = {}
+    member_examples: dict[int, int] = {}
+    for u in updates:
+        member_metrics.update(u.member_metrics if isinstance(u, PooledUpdate) else {u.client_id: u.metrics})
+        member_examples.update(u.member_examples if isinstance(u, PooledUpdate) else {u.client_id: u.num_examples})
+    total = sum(u.num_examples for u in updates)
+    metrics = {"train_loss": sum(u.num_examples * u.metrics.get("train_loss", 0.0) for u in updates) / total,
+               "compute_seconds": sum(u.metrics.get("compute_seconds", 0.0) for u in updates)}
+    return PooledUpdate(members[0], state, total, metrics, client_ids=members, weighting=weighting,
+                        member_metrics=member_metrics, member_examples=member_examples)
+
+
+def base_strategy(strategy: Strategy) -> Strategy:
+    """The innermost strategy under any wrappers (the one that owns the client sampler)."""
+    while isinstance(strategy, StrategyWrapper):
+        strategy = strategy.inner
+    return strategy
 
 
 class StrategyWrapper(Strategy):
