@@ -145,8 +145,8 @@ def test_target_epsilon_calibrates_the_noise_for_the_planned_rounds():
 
 
 def test_a_noise_that_exceeds_the_budget_is_refused_before_anything_runs():
-    with pytest.raises(ConfigError, match=r"^--dp-target-epsilon 1.0: 5 rounds at --dp-noise-multiplier 1 reach "
-                                          r"epsilon .* > the budget --dp-target-epsilon 1.0"):
+    with pytest.raises(ConfigError, match=r"^--rounds 5: at --dp-noise-multiplier 1 that many rounds reach "
+                                          r"epsilon .*, beyond the budget --dp-target-epsilon 1.0"):
         dp(fedavg(10, 10), noise_multiplier=1.0, target_epsilon=1.0)
 
 
@@ -160,8 +160,9 @@ def test_resume_with_more_rounds_than_the_budget_allows_is_refused():
     same.load_state_dict(saved)                                          # the planned 4 rounds: fine
     assert same.noise_multiplier == first.noise_multiplier and same.releases == 1 and same.seed == 3
     longer = dp(fedavg(10, 10), mode="local", noise_multiplier=None, target_epsilon=3.0, rounds=8, noise_seed=None)
-    with pytest.raises(ConfigError, match=r"^--rounds 8: 8 rounds at --dp-noise-multiplier .* reach epsilon .* > "
-                                          r"the budget --dp-target-epsilon 3.0"):
+    with pytest.raises(ConfigError, match=r"^--rounds 8: at --dp-noise-multiplier .* \(calibrated when the run "
+                                          r"started\) that many rounds reach epsilon .*, beyond the budget "
+                                          r"--dp-target-epsilon 3.0"):
         longer.load_state_dict(saved)
 
 

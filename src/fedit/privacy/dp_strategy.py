@@ -53,6 +53,7 @@ class DPFedAvg(StrategyWrapper):
         self.fixed_seed = noise_seed is not None
         self.seed = noise_seed if noise_seed is not None else secret_seed()
         self._z = noise_multiplier          # None: calibrated from the target on first use
+        self.z_given = noise_multiplier is not None
         self.releases = 0                   # aggregated rounds so far (each one a release)
         self.sampled = self.clients_per_round
         if mode == accounting.CENTRAL and not self.fixed_seed:
@@ -64,7 +65,7 @@ class DPFedAvg(StrategyWrapper):
             logger.warning("--dp-delta %g is not below 1 / %d clients: (epsilon, delta)-DP with such a delta "
                            "allows revealing one client outright", self.delta, self.num_clients)
         if noise_multiplier is not None and target_epsilon is not None:
-            self._check_budget(rounds, f"--dp-target-epsilon {target_epsilon}")
+            self._check_budget(rounds)
 
     def describe(self) -> str:
         return f"{self.name}[{self.mode}, C={self.clip}]({self.inner.describe()})"
@@ -83,12 +84,13 @@ class DPFedAvg(StrategyWrapper):
         return accounting.epsilon(self.mode, self.num_clients, self.clients_per_round, self.noise_multiplier,
                                   releases, self.delta)
 
-    def _check_budget(self, rounds: int, what: str) -> None:
+    def _check_budget(self, rounds: int) -> None:
         eps = self.epsilon(rounds)
         if self.target is not None and eps > self.target:
-            raise ConfigError(f"{what}: {rounds} rounds at --dp-noise-multiplier {self.noise_multiplier:.4g} reach "
-                              f"epsilon {eps:.3g} > the budget --dp-target-epsilon {self.target} (at --dp-delta "
-                              f"{self.delta}); nothing was run")
+            how = "" if self.z_given else " (calibrated when the run started)"
+            raise ConfigError(f"--rounds {rounds}: at --dp-noise-multiplier {self.noise_multiplier:.4g}{how} that many "
+                              f"rounds reach epsilon {eps:.3g}, beyond the budget --dp-target-epsilon {self.target} "
+                              f"(--dp-delta {self.delta}); nothing was run")
 
     def configure_train(self, round_idx: int, global_state: AdapterState) -> list[ClientJob]:
         if self.target is not None and self.epsilon(self.releases + 1) > self.target:
@@ -150,7 +152,7 @@ class DPFedAvg(StrategyWrapper):
         dp = state["dp"]
         self.seed, self._z, self.releases = int(dp["seed"]), float(dp["noise_multiplier"]), int(dp["releases"])
         if self.target is not None:
-            self._check_budget(self.rounds, f"--rounds {self.rounds}")
+            self._check_budget(self.rounds)
 
 
 def wrap(strategy: Strategy, cfg: Config) -> Strategy:

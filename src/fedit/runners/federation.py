@@ -79,8 +79,9 @@ class Federation:
         """Continue after ``ckpt`` (from ``RunDir.prepare``), or start from ``initial_state``."""
         if ckpt is not None:
             self.state, self.done = ckpt.adapter, ckpt.round
-            self.strategy.load_state_dict(ckpt.strategy)
+            self.strategy.load_state_dict(ckpt.strategy)   # may refuse the resumed settings
             self.transport.load_state_dict(ckpt.extra.get("transport", {}))
+            self.run_dir.save_config(self.cfg)
             self.history = [r for r in self.run_dir.metrics.read() if r.get("type") == "round"]
             return
         self.state, self.done = initial_state, 0
