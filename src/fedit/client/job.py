@@ -70,6 +70,7 @@ class PooledUpdate(ClientUpdate):
     weighting: str = "examples"                   # "examples" (FedAvg) or "equal" (DP-FedAvg)
     member_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     member_examples: dict[int, int] = field(default_factory=dict)
+    round_metrics: dict[str, Any] = field(default_factory=dict)  # e.g. the protocol's bytes: in the round record
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ import inspect
 from typing import Any
 
 from fedit.config import Config
+from fedit.errors import ConfigError
 from fedit.registry import STRATEGIES, WRAPPERS, load
-from fedit.server.strategy import Strategy
+from fedit.server.strategy import Strategy, StrategyWrapper
 
 BASE_KWARGS = ("num_clients", "clients_per_round", "seed")
 
@@ -50,4 +51,17 @@ def build_strategy(cfg: Config, num_clients: int) -> Strategy:
                    seed=cfg.federation.seed, **method_kwargs(cls, cfg))
     for path in WRAPPERS.values():
         strategy = load(path)(strategy, cfg)
+    if cfg.privacy.secure_aggregation:
+        check_sums_suffice(strategy)
     return strategy
+
+
+def check_sums_suffice(strategy: Strategy) -> None:
+    """Refuse --secure-aggregation with a strategy or wrapper that must see each client's update."""
+    while True:
+        if strategy.needs_each_update:
+            raise ConfigError(f"--secure-aggregation cannot be combined with {strategy.needs_each_update}: it needs "
+                              "every client's own update, and secure aggregation gives the server only their sum")
+        if not isinstance(strategy, StrategyWrapper):
+            return
+        strategy = strategy.inner

@@ -22,6 +22,9 @@ from fedit.server.sampling import ClientSampler
 
 class Strategy(ABC):
     name: ClassVar[str] = "base"
+    # The flag that makes a strategy read every client's own update (a robust aggregator, say):
+    # refused with --secure-aggregation, which gives the server only their sum. None: sums will do.
+    needs_each_update: ClassVar[str | None] = None
 
     def __init__(self, *, num_clients: int, clients_per_round: int, seed: int) -> None:
         self.num_clients = num_clients
@@ -65,7 +68,11 @@ class Strategy(ABC):
 def train_metrics(updates: Sequence[ClientUpdate], weights: Sequence[float]) -> dict[str, Any]:
     """The round record's client summary: who took part, examples, weighted train loss."""
     w = normalized_weights(weights)
+    out: dict[str, Any] = {}
+    for u in updates:
+        out.update(u.round_metrics if isinstance(u, PooledUpdate) else {})
     return {
+        **out,
         "clients": [cid for u in updates for cid in member_ids(u)],
         "num_examples": int(sum(u.num_examples for u in updates)),
         "train_loss": sum(wk * u.metrics.get("train_loss", 0.0) for wk, u in zip(w, updates)),
@@ -89,8 +96,9 @@ def pool_updates(updates: Sequence[ClientUpdate], state: AdapterState, weighting
     total = sum(u.num_examples for u in updates)
     metrics = {"train_loss": sum(u.num_examples * u.metrics.get("train_loss", 0.0) for u in updates) / total,
                "compute_seconds": sum(u.metrics.get("compute_seconds", 0.0) for u in updates)}
+    round_metrics = {k: v for u in updates if isinstance(u, PooledUpdate) for k, v in u.round_metrics.items()}
     return PooledUpdate(members[0], state, total, metrics, client_ids=members, weighting=weighting,
-                        member_metrics=member_metrics, member_examples=member_examples)
+                        member_metrics=member_metrics, member_examples=member_examples, round_metrics=round_metrics)
 
 
 def base_strategy(strategy: Strategy) -> Strategy:

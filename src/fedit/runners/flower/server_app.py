@@ -96,8 +96,12 @@ class FlowerServer:
         self.nodes = self._roll_call()
         self.bench: Workbench = build_workbench(cfg)
         test_tok = self.bench.tokenize(load_test(cfg), cfg.data, train_on_prompt=False)
-        self.federation = Federation(cfg, build_strategy(cfg, len(self.nodes)),
-                                     FlowerClients(self.grid, self.nodes, deploy.round_timeout), self.run_dir,
+        transport = FlowerClients(self.grid, self.nodes, deploy.round_timeout)
+        if cfg.privacy.secure_aggregation:  # Flower's SecAgg+: the loop gets only the sum of the updates
+            from fedit.runners.flower.secagg import SecureFlowerClients
+
+            transport = SecureFlowerClients(self.grid, self.nodes, self.client_sizes, cfg, deploy.round_timeout)
+        self.federation = Federation(cfg, build_strategy(cfg, len(self.nodes)), transport, self.run_dir,
                                      evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
                                      min_updates=deploy.min_nodes)
         self.federation.start(self.bench.initial_state, ckpt)
@@ -156,6 +160,7 @@ class FlowerServer:
         table = [{"client": c, "node_id": n, "num_examples": info[n].get("num-examples"),
                   "error": info[n].get("error") or None} for c, n in sorted(clients.items())]
         atomic_write_text(self.run_dir.path / "nodes.json", json.dumps(table, indent=2) + "\n")
+        self.client_sizes = {r["client"]: int(r["num_examples"] or 0) for r in table}  # secure aggregation weights
         logger.info("clients: %s", ", ".join(f"{r['client']}=node {r['node_id']} ({r['num_examples']} records)"
                                              for r in table))
         return clients
