@@ -268,3 +268,40 @@ def test_refusals_name_both_flags():
     with pytest.raises(ConfigError, match=r"^--secagg-threshold 5 is more than 4, the most a round of 9 clients "
                                           r"with 5 shares allows"):
         secagg.round_params(config(secagg_num_shares=5, secagg_threshold=5), 9, [1] * 9)
+
+
+class Pooling:
+    """A transport that answers like SecAgg+: one pooled reply for clients 0 and 2, client 1 dropped."""
+
+    def train(self, jobs):
+        state = {k: v + 1.0 for k, v in jobs[0].state.items()}
+        pooled = PooledUpdate(0, state, 25, {"train_loss": 2.0}, client_ids=[0, 2],
+                              member_metrics={0: {"train_loss": 1.0}, 2: {"train_loss": 3.0}},
+                              member_examples={0: 10, 2: 15}, round_metrics={"secagg_messages": 16})
+        return [pooled, ClientFailure(1, "client 1: dropped out of secure aggregation (no reply)")]
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_the_round_loop_takes_a_pooled_reply_as_its_members(tmp_path):
+    import json
+
+    from fedit.runners.federation import Federation
+    from fedit.runners.rundir import RunDir
+
+    cfg = Config().override({"num_clients": 3, "clients_per_round": 3, "rounds": 1})
+    run_dir = RunDir(tmp_path / "run")
+    fed = Federation(cfg, build_strategy(cfg, 3), Pooling(), run_dir, min_updates=2)   # 2 members: enough
+    fed.start({"a": torch.zeros(2)}, run_dir.prepare(cfg, resume=False))
+    record = fed.run_round(1)
+    assert torch.equal(fed.state["a"], torch.ones(2))
+    assert record["clients"] == [0, 2] and record["num_examples"] == 25 and record["secagg_messages"] == 16
+    assert record["dropped"] == ["client 1: dropped out of secure aggregation (no reply)"]
+    assert "lora_gap_mean" not in record
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["client"], r["num_examples"], r["train_loss"]) for r in lines if r["type"] == "client"] == \
+        [(0, 10, 1.0), (2, 15, 3.0)]

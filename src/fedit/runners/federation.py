@@ -28,6 +28,7 @@ from fedit.progress import Progress
 from fedit.runners.checkpoint import Checkpoint
 from fedit.runners.rundir import RunDir
 from fedit.server import Strategy, filter_updates
+from fedit.server.strategy import member_ids
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +109,9 @@ class Federation:
         updates = [self.strategy.receive(sent[u.client_id], u) for u in updates]
         good, bad = filter_updates({cid: job.state for cid, job in sent.items()}, updates)
         failures += bad
-        if len(good) < self.min_updates:
-            raise FeditError(f"round {round_idx}: {len(good)} valid update(s), fewer than --min-nodes "
+        valid = sum(len(member_ids(u)) for u in good)  # a pooled (secure) reply counts its members
+        if valid < self.min_updates:
+            raise FeditError(f"round {round_idx}: {valid} valid update(s), fewer than --min-nodes "
                              f"{self.min_updates} ({'; '.join(failures)}); the run stops after round "
                              f"{round_idx - 1}, resume it with --resume")
         record: dict[str, Any] = {"type": "round", "round": round_idx, "clients": [j.client_id for j in jobs]}
