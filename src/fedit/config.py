@@ -242,7 +242,7 @@ class PrivacyConfig(_Section):
         _require(self.secagg_clipping_range is None or self.secagg_clipping_range > 0, "secagg_clipping_range",
                  f"must be positive, got {self.secagg_clipping_range}")
         s, t = self.secagg_num_shares, self.secagg_threshold
-        _require(s is None or s >= 3, "secagg_num_shares", f"must be at least 3, got {s}")
+        _require(s is None or (s >= 3 and s % 2 == 1), "secagg_num_shares", f"must be odd and at least 3, got {s}")
         _require(t is None or t >= 2, "secagg_threshold", f"must be at least 2, got {t}")
         _require(s is None or t is None or t <= s, "secagg_threshold",
                  f"{t} is more than --secagg-num-shares {s}")
