@@ -63,14 +63,15 @@ class PooledUpdate(ClientUpdate):
     ``state`` is the members' mean adapter (weighted as ``weighting`` says), ``num_examples`` the sum
     of the members' example counts, ``metrics`` their pooled metrics; ``client_id`` is the first
     member, so the reply is checked against what that client was sent. ``member_metrics`` holds
-    what each member reported besides its adapter (logged as its client record).
+    what each member reported besides its adapter (logged as its client record), ``round_metrics``
+    what the pooling reports for the whole round (secure aggregation's bytes and messages).
     """
 
     client_ids: list[int] = field(default_factory=list)
     weighting: str = "examples"                   # "examples" (FedAvg) or "equal" (DP-FedAvg)
     member_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     member_examples: dict[int, int] = field(default_factory=dict)
-    round_metrics: dict[str, Any] = field(default_factory=dict)  # e.g. the protocol's bytes: in the round record
+    round_metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ class SimulatedSecureAggregation:
 
     def __init__(self, inner, cfg: Config, client_sizes: Sequence[int]) -> None:
         self.inner, self.cfg, self.sizes = inner, cfg, client_sizes
+        try:
+            import flwr.common.secure_aggregation  # noqa: F401  (the protocol's arithmetic is Flower's)
+        except ImportError:
+            raise ConfigError("--secure-aggregation uses Flower's SecAgg+: pip install 'fedit[flower]'") from None
 
     def train(self, jobs: Sequence[ClientJob]) -> list:
         if any(job.arrays for job in jobs):

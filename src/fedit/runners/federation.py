@@ -49,7 +49,9 @@ Reply = ClientUpdate | ClientFailure
 
 
 class Transport(Protocol):
-    """How a runner delivers a round's jobs and collects the replies (one per job, in job order)."""
+    """How a runner delivers a round's jobs and collects the replies: one per job, in job order; or,
+    under secure aggregation, one PooledUpdate for the clients whose sum it holds, then a failure
+    per client that dropped out."""
 
     def train(self, jobs: Sequence[ClientJob]) -> list[Reply]: ...
 
