@@ -197,8 +197,8 @@ class PrivacyConfig(_Section):
     dp_clip: float | None = _opt(None, "DP-FedAvg: clip each client's update (its change to the whole adapter) "
                                  "to this L2 norm C; setting it turns client-level DP on")
     dp_noise_multiplier: float | None = _opt(None, "DP-FedAvg: Gaussian noise std / C (z); the server adds "
-                                             "N(0, (zC)^2) to the sum of clipped updates (default: calibrated "
-                                             "from --dp-target-epsilon)")
+                                             "N(0, (zC)^2) to the sum of clipped updates; None: calibrated "
+                                             "from --dp-target-epsilon")
     dp_mode: str = _opt("central", "DP-FedAvg: central (the server adds the noise) or local (each client "
                         "noises its own clipped update; the server only averages)", DP_MODES)
     dp_delta: float = _opt(1e-5, "DP-FedAvg: the delta at which epsilon is reported (keep it well below "
@@ -207,16 +207,16 @@ class PrivacyConfig(_Section):
                                            "for --rounds when that is not set; a run never goes beyond it")
     dp_noise_seed: int | None = _opt(None, "DP-FedAvg: seed of the noise and of client sampling, for "
                                      "reproducible experiments only (anyone who knows it can remove the noise); "
-                                     "default: a secret seed from the OS, kept only in checkpoints/")
+                                     "None: a secret seed from the OS, kept only in checkpoints/")
     secure_aggregation: bool = _opt(False, "sum the client updates with Flower's SecAgg+ so the server never "
                                     "sees an individual update (the simulation computes the same quantised sum)")
     secagg_num_shares: int | None = _opt(None, "SecAgg+: shares of each client's secrets, i.e. its neighbours "
-                                         "+ itself (odd, >= 3; default: every sampled client, i.e. SecAgg)")
+                                         "+ itself (odd, >= 3); None: every sampled client, i.e. SecAgg")
     secagg_threshold: int | None = _opt(None, "SecAgg+: shares needed to rebuild a secret; up to shares - "
-                                        "threshold neighbours may drop out (default: a strict majority)")
+                                        "threshold neighbours may drop out; None: a strict majority of the shares")
     secagg_clipping_range: float | None = _opt(None, "SecAgg+: each coordinate of an update is clipped to "
-                                               "+-this before quantisation (default: --dp-clip under DP, "
-                                               "widened by the local noise in --dp-mode local; else 1.0)")
+                                               "+-this before quantisation; None: --dp-clip under DP (widened "
+                                               "by the local noise in --dp-mode local), else 1.0")
     secagg_quantization_range: int = _opt(1 << 22, "SecAgg+: quantisation levels over [-range, +range] "
                                           "(Flower's default 2^22)")
 
