@@ -71,7 +71,7 @@ def calibrate_noise(mode: str, num_clients: int, per_round: int, rounds: int, ta
                     delta: float, tol: float = 1e-3) -> float:
     """The smallest noise multiplier z (within ``tol``) whose epsilon after ``rounds`` releases is at
     most ``target_epsilon`` (dp-accounting's calibration: bracket search, then Brent's method)."""
-    dp_accounting, dp_event, _, _ = _dp()
+    _, dp_event, _, _ = _dp()
     from dp_accounting import mechanism_calibration as mc
 
     def event(z: float):

@@ -36,7 +36,7 @@ from fedit.privacy.dp import (SERVER_NOISE, add, clip_to_norm, gaussian_like, no
                               sum_states)
 from fedit.server.aggregate import delta
 from fedit.server.sampling import ClientSampler
-from fedit.server.strategy import Strategy, StrategyWrapper, base_strategy, member_ids, pool_updates
+from fedit.server.strategy import Strategy, StrategyWrapper, base_strategy, pool_updates
 
 logger = logging.getLogger(__name__)
 
