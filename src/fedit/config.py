@@ -24,6 +24,7 @@ PARTITION_NAMES = ("iid", "dirichlet", "shards", "files")
 # How the server combines the clients' LoRA factors (fedit.server.lora_aggregate; docs/methods.md).
 LORA_AGGREGATIONS = ("factors", "ffa", "zero-pad", "product-svd")
 TEMPLATE_NAMES = ("chat", "alpaca")
+DP_MODES = ("central", "local")
 
 
 def flag(name: str) -> str:
@@ -211,12 +212,79 @@ class FederationConfig(_Section):
         return self.clients_per_round
 
 
+@dataclass
+class PrivacyConfig(_Section):
+    """Client-level differential privacy (DP-FedAvg) and secure aggregation (SecAgg+); see docs/privacy.md."""
+
+    dp_clip: float | None = _opt(None, "DP-FedAvg: clip each client's update (its change to the whole adapter) "
+                                 "to this L2 norm C; setting it turns client-level DP on")
+    dp_noise_multiplier: float | None = _opt(None, "DP-FedAvg: Gaussian noise std / C (z); the server adds "
+                                             "N(0, (zC)^2) to the sum of clipped updates; None: calibrated "
+                                             "from --dp-target-epsilon")
+    dp_mode: str = _opt("central", "DP-FedAvg: central (the server adds the noise) or local (each client "
+                        "noises its own clipped update; the server only averages)", DP_MODES)
+    dp_delta: float = _opt(1e-5, "DP-FedAvg: the delta at which epsilon is reported (keep it well below "
+                           "1 / number of clients)")
+    dp_target_epsilon: float | None = _opt(None, "DP-FedAvg: the privacy budget: calibrates --dp-noise-multiplier "
+                                           "for --rounds when that is not set; a run never goes beyond it")
+    dp_noise_seed: int | None = _opt(None, "DP-FedAvg: seed of the noise and of client sampling, for "
+                                     "reproducible experiments only (anyone who knows it can remove the noise); "
+                                     "None: a secret seed from the OS, kept only in checkpoints/")
+    secure_aggregation: bool = _opt(False, "sum the client updates with Flower's SecAgg+ so the server never "
+                                    "sees an individual update (the simulation computes the same quantised sum)")
+    secagg_num_shares: int | None = _opt(None, "SecAgg+: shares of each client's secrets, i.e. its neighbours "
+                                         "+ itself (odd, >= 3); None: every sampled client, i.e. SecAgg")
+    secagg_threshold: int | None = _opt(None, "SecAgg+: shares needed to rebuild a secret; up to shares - "
+                                        "threshold neighbours may drop out; None: a strict majority of the shares")
+    secagg_clipping_range: float | None = _opt(None, "SecAgg+: each coordinate of an update is clipped to "
+                                               "+-this before quantisation; None: --dp-clip under DP (widened "
+                                               "by the local noise in --dp-mode local), else 1.0")
+    secagg_quantization_range: int = _opt(1 << 22, "SecAgg+: quantisation levels over [-range, +range] "
+                                          "(Flower's default 2^22)")
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        _require(self.dp_clip is None or self.dp_clip > 0, "dp_clip", f"must be positive, got {self.dp_clip}")
+        z = self.dp_noise_multiplier
+        _require(z is None or z >= 0, "dp_noise_multiplier", f"must be >= 0, got {z}")
+        _require(0 < self.dp_delta < 1, "dp_delta", f"must be in (0, 1), got {self.dp_delta}")
+        target = self.dp_target_epsilon
+        _require(target is None or target > 0, "dp_target_epsilon", f"must be positive, got {target}")
+        if self.dp_clip is None:
+            for name in ("dp_noise_multiplier", "dp_target_epsilon", "dp_noise_seed"):
+                _require(getattr(self, name) is None, name, "needs --dp-clip (client-level DP is off without it)")
+            _require(self.dp_mode == "central", "dp_mode", "needs --dp-clip (client-level DP is off without it)")
+        else:
+            _require(z is not None or target is not None, "dp_noise_multiplier",
+                     "set it, or --dp-target-epsilon to calibrate it (--dp-clip turns DP on)")
+            _require(target is None or z is None or z > 0, "dp_target_epsilon",
+                     "cannot be met with --dp-noise-multiplier 0 (no noise: epsilon is infinite)")
+        q = self.secagg_quantization_range
+        _require(2 <= q <= 1 << 30, "secagg_quantization_range", f"must be in [2, 2^30], got {q}")
+        _require(self.secagg_clipping_range is None or self.secagg_clipping_range > 0, "secagg_clipping_range",
+                 f"must be positive, got {self.secagg_clipping_range}")
+        s, t = self.secagg_num_shares, self.secagg_threshold
+        _require(s is None or (s >= 3 and s % 2 == 1), "secagg_num_shares", f"must be odd and at least 3, got {s}")
+        _require(t is None or t >= 2, "secagg_threshold", f"must be at least 2, got {t}")
+        _require(s is None or t is None or t <= s, "secagg_threshold",
+                 f"{t} is more than --secagg-num-shares {s}")
+        if not self.secure_aggregation:
+            for name in ("secagg_num_shares", "secagg_threshold", "secagg_clipping_range"):
+                _require(getattr(self, name) is None, name, "needs --secure-aggregation")
+
+    @property
+    def dp(self) -> bool:
+        """Client-level DP is on."""
+        return self.dp_clip is not None
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelConfig,
     "lora": LoraConfig,
     "data": DataConfig,
     "train": TrainConfig,
     "federation": FederationConfig,
+    "privacy": PrivacyConfig,
 }
 
 
@@ -229,6 +297,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         if self.data.partition != "files" and self.federation.clients_per_round is not None \

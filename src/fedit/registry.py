@@ -22,12 +22,16 @@ STRATEGIES: dict[str, str] = {
 # Server-side wrappers, applied innermost first: name -> "module:function". Each function has the
 # signature ``wrap(strategy, cfg) -> Strategy`` and returns ``strategy`` unchanged when the run's
 # config does not ask for it (see fedit.server.wrappers).
-WRAPPERS: dict[str, str] = {}
+WRAPPERS: dict[str, str] = {
+    "dp": "fedit.privacy.dp_strategy:wrap",            # DP-FedAvg (--dp-clip): noise on the sum, accountant
+}
 
 # Client-side transforms of an update, applied in this order after local training:
 # name -> "module:function" with the signature ``transform(update, job, client_state) -> update``;
 # each reads its own keys of the job's client config and returns the update unchanged without them.
-CLIENT_TRANSFORMS: dict[str, str] = {}
+CLIENT_TRANSFORMS: dict[str, str] = {
+    "dp": "fedit.privacy.dp:dp_client_transform",      # DP-FedAvg: clip the update (+ local noise)
+}
 
 
 def load(path: str) -> Any:

@@ -55,6 +55,25 @@ class ClientUpdate:
     arrays: dict[str, AdapterState] = field(default_factory=dict)
 
 
+@dataclass
+class PooledUpdate(ClientUpdate):
+    """Several clients' updates released as one: what secure aggregation returns (the server never
+    sees the members' adapters) and what DP-FedAvg hands its inner strategy (the noised mean).
+
+    ``state`` is the members' mean adapter (weighted as ``weighting`` says), ``num_examples`` the sum
+    of the members' example counts, ``metrics`` their pooled metrics; ``client_id`` is the first
+    member, so the reply is checked against what that client was sent. ``member_metrics`` holds
+    what each member reported besides its adapter (logged as its client record), ``round_metrics``
+    what the pooling reports for the whole round (secure aggregation's bytes and messages).
+    """
+
+    client_ids: list[int] = field(default_factory=list)
+    weighting: str = "examples"                   # "examples" (FedAvg) or "equal" (DP-FedAvg)
+    member_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    member_examples: dict[int, int] = field(default_factory=dict)
+    round_metrics: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ClientKey:
     type: type
@@ -71,6 +90,9 @@ CLIENT_KEYS: dict[str, ClientKey] = {
                                 "(heterogeneous clients; default: the global adapter's)"),
     "lora_targets": ClientKey(str, "modules this client adapts, within the global adapter's: all-linear or a "
                                    "comma list (default: all of the global adapter's)"),
+    "dp_clip": ClientKey(float, "DP-FedAvg: clip the update (trained - global adapter) to this L2 norm"),
+    "dp_noise": ClientKey(float, "DP-FedAvg local mode: add N(0, (dp_noise * dp_clip)^2) to the clipped update"),
+    "dp_noise_seed": ClientKey(int, "DP-FedAvg local mode: fixed seed of the client's noise (experiments only)"),
 }
 
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from fedit.client.job import ClientJob, ClientUpdate
+from fedit.client.job import ClientJob, ClientUpdate, PooledUpdate
 from fedit.config import Config
 from fedit.errors import FeditError, UpdateError
 from fedit.model import AdapterState, check_adapter_state
@@ -28,6 +28,7 @@ from fedit.progress import Progress
 from fedit.runners.checkpoint import Checkpoint
 from fedit.runners.rundir import RunDir
 from fedit.server import Strategy, filter_updates
+from fedit.server.strategy import member_ids
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ Reply = ClientUpdate | ClientFailure
 
 
 class Transport(Protocol):
-    """How a runner delivers a round's jobs and collects the replies (one per job, in job order)."""
+    """How a runner delivers a round's jobs and collects the replies: one per job, in job order; or,
+    under secure aggregation, one PooledUpdate for the clients whose sum it holds, then a failure
+    per client that dropped out."""
 
     def train(self, jobs: Sequence[ClientJob]) -> list[Reply]: ...
 
@@ -79,8 +82,9 @@ class Federation:
         """Continue after ``ckpt`` (from ``RunDir.prepare``), or start from ``initial_state``."""
         if ckpt is not None:
             self.state, self.done = ckpt.adapter, ckpt.round
-            self.strategy.load_state_dict(ckpt.strategy)
+            self.strategy.load_state_dict(ckpt.strategy)   # may refuse the resumed settings
             self.transport.load_state_dict(ckpt.extra.get("transport", {}))
+            self.run_dir.save_config(self.cfg)
             self.history = [r for r in self.run_dir.metrics.read() if r.get("type") == "round"]
             return
         self.state, self.done = initial_state, 0
@@ -107,8 +111,9 @@ class Federation:
         updates = [self.strategy.receive(sent[u.client_id], u) for u in updates]
         good, bad = filter_updates({cid: job.state for cid, job in sent.items()}, updates)
         failures += bad
-        if len(good) < self.min_updates:
-            raise FeditError(f"round {round_idx}: {len(good)} valid update(s), fewer than --min-nodes "
+        valid = sum(len(member_ids(u)) for u in good)  # a pooled (secure) reply counts its members
+        if valid < self.min_updates:
+            raise FeditError(f"round {round_idx}: {valid} valid update(s), fewer than --min-nodes "
                              f"{self.min_updates} ({'; '.join(failures)}); the run stops after round "
                              f"{round_idx - 1}, resume it with --resume")
         record: dict[str, Any] = {"type": "round", "round": round_idx, "clients": [j.client_id for j in jobs]}
@@ -140,9 +145,10 @@ class Federation:
                 logger.warning("dropping update: %s", reply.reason)
                 failures.append(reply.reason)
                 continue
-            metrics = {k: v for k, v in reply.metrics.items() if k not in CLIENT_RECORD_FIELDS}
-            self.run_dir.log({"type": "client", "round": round_idx, "client": reply.client_id,
-                              "num_examples": reply.num_examples, **metrics})
+            for client_id, num_examples, client_metrics in _members(reply):
+                metrics = {k: v for k, v in client_metrics.items() if k not in CLIENT_RECORD_FIELDS}
+                self.run_dir.log({"type": "client", "round": round_idx, "client": client_id,
+                                  "num_examples": num_examples, **metrics})
             updates.append(reply)
         return updates, failures
 
@@ -154,6 +160,14 @@ class Federation:
             raise FeditError(f"round {round_idx}: the aggregated adapter is unusable ({exc}); nothing of this "
                              f"round was saved, the run stops after round {round_idx - 1} (try a lower "
                              "--lr, or a robust aggregator)") from None
+
+
+def _members(reply: ClientUpdate) -> list[tuple[int, int | None, dict[str, Any]]]:
+    """(client, examples, metrics) of each client a reply stands for (a pooled reply: its members,
+    whose adapters the server never saw)."""
+    if isinstance(reply, PooledUpdate):
+        return [(c, reply.member_examples.get(c), reply.member_metrics.get(c, {})) for c in reply.client_ids]
+    return [(reply.client_id, reply.num_examples, reply.metrics)]
 
 
 def round_summary(record: dict[str, Any], rounds: int) -> str:
@@ -170,6 +184,8 @@ def round_summary(record: dict[str, Any], rounds: int) -> str:
         parts.append(f"lora gap {record['lora_gap_mean']:.3g}")
     if "svd_energy_dropped_mean" in record:
         parts.append(f"svd drop {record['svd_energy_dropped_mean']:.3g}")
+    if "dp_epsilon" in record:
+        parts.append(f"DP epsilon {record['dp_epsilon']:.3g} (delta {record['dp_delta']:.0e})")
     if record.get("dropped"):
         parts.append(f"dropped {len(record['dropped'])}")
     if "seconds" in record:

@@ -61,16 +61,21 @@ class RunDir:
             self.metrics.truncate_after(-1)
             return None
         check_resumable(saved, cfg, self.config_file)
-        atomic_write_text(self.config_file, dump_config(cfg))
         ckpt_path = latest_checkpoint(self.path)
         if ckpt_path is None:
             logger.info("no complete round in %s yet: starting from round 1", self.path)
+            self.save_config(cfg)
             self.metrics.truncate_after(-1)
             return None
         ckpt = load_checkpoint(ckpt_path)
         self.metrics.truncate_after(ckpt.round)
         logger.info("resuming %s after round %d", self.path, ckpt.round)
         return ckpt
+
+    def save_config(self, cfg: Config) -> None:
+        """Write config.yaml. A resumed run writes it once the strategy has accepted the checkpoint
+        (Federation.start), so a refused resume (e.g. beyond a privacy budget) leaves it as it was."""
+        atomic_write_text(self.config_file, dump_config(cfg))
 
     def has_progress(self) -> bool:
         """True once a round has finished (a checkpoint exists): that work must not be overwritten."""

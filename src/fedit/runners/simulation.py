@@ -107,7 +107,12 @@ class Simulation:
         check_client_targets(self.bench.model, [lay.targets for lay in layouts])
         test_tok = self.bench.tokenize(test, cfg.data, train_on_prompt=False)
         self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress)
-        self.federation = Federation(cfg, build_strategy(cfg, len(self.clients), layouts), self.transport, self.run_dir,
+        transport = self.transport
+        if cfg.privacy.secure_aggregation:  # the round loop gets only the (quantised) sum, as from SecAgg+
+            from fedit.privacy.secagg_transport import SimulatedSecureAggregation
+
+            transport = SimulatedSecureAggregation(self.transport, cfg, [len(c) for c in self.clients])
+        self.federation = Federation(cfg, build_strategy(cfg, len(self.clients), layouts), transport, self.run_dir,
                                      evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
                                      progress=self.progress)
         self.federation.start(self.bench.initial_state, ckpt)

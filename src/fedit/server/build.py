@@ -12,7 +12,7 @@ from fedit.client_lora import ClientLora, canonical_targets, differing, listed_l
 from fedit.config import Config
 from fedit.errors import ConfigError
 from fedit.registry import STRATEGIES, WRAPPERS, load
-from fedit.server.strategy import Strategy
+from fedit.server.strategy import Strategy, StrategyWrapper
 
 BASE_KWARGS = ("num_clients", "clients_per_round", "seed", "client_lora")
 CLIENT_FLAGS = ("--client-ranks", "--client-targets")
@@ -70,6 +70,8 @@ def build_strategy(cfg: Config, num_clients: int,
                    **method_kwargs(cls, cfg))
     for path in WRAPPERS.values():
         strategy = load(path)(strategy, cfg)
+    if cfg.privacy.secure_aggregation:
+        check_sums_suffice(strategy)
     return strategy
 
 
@@ -95,6 +97,15 @@ def check_methods(cfg: Config, layouts: Sequence[ClientLora] | None = None,
     else:
         ranks, targets = [lay.rank for lay in layouts], [lay.targets for lay in layouts]
     ranks_flag, targets_flag = flags
+    pooling = [flag for flag, on in (("--dp-clip", cfg.privacy.dp), ("--secure-aggregation",
+                                                                      cfg.privacy.secure_aggregation)) if on]
+    if pooling and agg == "product-svd":
+        raise ConfigError(f"{pooling[0]} releases only the mean of the clients' factors, but --lora-aggregation "
+                          "product-svd needs each client's own B and A: use factors, zero-pad or ffa with it")
+    uneven = any(r != lora_r for r in ranks) or any(t != canonical_targets(cfg.lora.lora_targets) for t in targets)
+    if pooling and uneven:
+        raise ConfigError(f"{pooling[0]} sums updates of one shape, but {ranks_flag}/{targets_flag} give clients "
+                          "adapters of different shapes: drop one of them")
     if any(t != canonical_targets(cfg.lora.lora_targets) for t in targets) and cls.needs_full_adapter:
         raise ConfigError(f"{strategy} needs every client to train the whole adapter: it does not combine with "
                           f"{targets_flag}")
@@ -113,3 +124,12 @@ def check_methods(cfg: Config, layouts: Sequence[ClientLora] | None = None,
         raise ConfigError(f"--lora-r {lora_r} is larger than every rank of {ranks_flag} (at most {max(ranks)}): "
                           f"with --lora-aggregation {agg} the extra components are never trained; "
                           f"set --lora-r {max(ranks)}")
+def check_sums_suffice(strategy: Strategy) -> None:
+    """Refuse --secure-aggregation with a strategy or wrapper that must see each client's update."""
+    while True:
+        if strategy.needs_each_update:
+            raise ConfigError(f"--secure-aggregation cannot be combined with {strategy.needs_each_update}: it needs "
+                              "every client's own update, and secure aggregation gives the server only their sum")
+        if not isinstance(strategy, StrategyWrapper):
+            return
+        strategy = strategy.inner

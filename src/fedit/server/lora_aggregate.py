@@ -200,11 +200,12 @@ def lora_gap(global_state: AdapterState, states: Sequence[AdapterState], weights
 
 
 def aggregate_lora(rule: str, global_state: AdapterState, states: Sequence[AdapterState],
-                   weights: Sequence[float]) -> tuple[AdapterState, dict[str, float]]:
-    """The new global adapter under ``rule`` (``--lora-aggregation``) and the round's LoRA metrics."""
+                   weights: Sequence[float], *, gap: bool = True) -> tuple[AdapterState, dict[str, float]]:
+    """The new global adapter under ``rule`` (``--lora-aggregation``) and the round's LoRA metrics
+    (``gap``: also the LoRA factor-averaging gap, which needs every client's own factors)."""
     if not states:
         raise ValueError("nothing to aggregate")
-    metrics = lora_gap(global_state, states, weights)
+    metrics = lora_gap(global_state, states, weights) if gap else {}
     if rule == "product-svd":
         new, dropped = mean_products(global_state, states, weights)
         if dropped:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC
 from typing import Any, ClassVar, Sequence
 
-from fedit.client.job import ClientJob, ClientUpdate, Scalar
+from fedit.client.job import ClientJob, ClientUpdate, PooledUpdate, Scalar
 from fedit.client_lora import ClientLora
 from fedit.model import AdapterState
 from fedit.server.aggregate import normalized_weights
@@ -35,6 +35,9 @@ class Strategy(ABC):
     factor_state: ClassVar[bool] = False
     # Needs every client to train the whole global adapter (e.g. SCAFFOLD's control variates).
     needs_full_adapter: ClassVar[bool] = False
+    # The flag that makes a strategy read every client's own update (a robust aggregator, say):
+    # refused with --secure-aggregation, which gives the server only their sum. None: sums will do.
+    needs_each_update: ClassVar[str | None] = None
 
     def __init__(self, *, num_clients: int, clients_per_round: int, seed: int, lora_aggregation: str = "factors",
                  client_lora: dict[int, ClientLora] | None = None) -> None:
@@ -80,7 +83,9 @@ class Strategy(ABC):
         LoRA factors combined as ``--lora-aggregation`` says."""
         weights = [u.num_examples for u in updates]
         metrics = train_metrics(updates, weights)
-        state, lora_metrics = aggregate_lora(self.lora_aggregation, global_state, [u.state for u in updates], weights)
+        pooled = any(isinstance(u, PooledUpdate) for u in updates)  # pooled: the factors are not seen
+        state, lora_metrics = aggregate_lora(self.lora_aggregation, global_state, [u.state for u in updates], weights,
+                                             gap=not pooled)
         metrics.update(lora_metrics)
         return state, metrics
 
@@ -94,11 +99,44 @@ class Strategy(ABC):
 def train_metrics(updates: Sequence[ClientUpdate], weights: Sequence[float]) -> dict[str, Any]:
     """The round record's client summary: who took part, examples, weighted train loss."""
     w = normalized_weights(weights)
+    out: dict[str, Any] = {}
+    for u in updates:
+        out.update(u.round_metrics if isinstance(u, PooledUpdate) else {})
     return {
-        "clients": [u.client_id for u in updates],
+        **out,
+        "clients": [cid for u in updates for cid in member_ids(u)],
         "num_examples": int(sum(u.num_examples for u in updates)),
         "train_loss": sum(wk * u.metrics.get("train_loss", 0.0) for wk, u in zip(w, updates)),
     }
+
+
+def member_ids(update: ClientUpdate) -> list[int]:
+    """The clients an update stands for: its own, or every member of a pooled update."""
+    return list(update.client_ids) if isinstance(update, PooledUpdate) else [update.client_id]
+
+
+def pool_updates(updates: Sequence[ClientUpdate], state: AdapterState, weighting: str) -> PooledUpdate:
+    """One pooled update standing for ``updates`` (already pooled ones are flattened): ``state`` is
+    their mean as computed by the caller; metrics: example-weighted train loss, summed compute time."""
+    members = [cid for u in updates for cid in member_ids(u)]
+    member_metrics: dict[int, dict[str, float]] = {}
+    member_examples: dict[int, int] = {}
+    for u in updates:
+        member_metrics.update(u.member_metrics if isinstance(u, PooledUpdate) else {u.client_id: u.metrics})
+        member_examples.update(u.member_examples if isinstance(u, PooledUpdate) else {u.client_id: u.num_examples})
+    total = sum(u.num_examples for u in updates)
+    metrics = {"train_loss": sum(u.num_examples * u.metrics.get("train_loss", 0.0) for u in updates) / total,
+               "compute_seconds": sum(u.metrics.get("compute_seconds", 0.0) for u in updates)}
+    round_metrics = {k: v for u in updates if isinstance(u, PooledUpdate) for k, v in u.round_metrics.items()}
+    return PooledUpdate(members[0], state, total, metrics, client_ids=members, weighting=weighting,
+                        member_metrics=member_metrics, member_examples=member_examples, round_metrics=round_metrics)
+
+
+def base_strategy(strategy: Strategy) -> Strategy:
+    """The innermost strategy under any wrappers (the one that owns the client sampler)."""
+    while isinstance(strategy, StrategyWrapper):
+        strategy = strategy.inner
+    return strategy
 
 
 class StrategyWrapper(Strategy):

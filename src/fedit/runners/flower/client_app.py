@@ -23,12 +23,13 @@ from flwr.clientapp import ClientApp
 from fedit.config import Config
 from fedit.data import Example, load_examples
 from fedit.errors import ConfigError, DataError, FeditError
+from fedit.runners.flower.secagg import secure_aggregation_mod
 from fedit.runners.flower.wire import (CLIENT_INDEX_KEY, CONFIG, DATA_PATH_KEY, FEDIT_ERROR_CODE, LORA_RANK_KEY,
                                        LORA_TARGETS_KEY, config_from_run, job_from_message, update_content)
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp()
+app = ClientApp(mods=[secure_aggregation_mod])  # SecAgg+ messages only (--secure-aggregation)
 STATE_PREFIX = "fedit.client-state."  # + name: one ArrayRecord per entry of the client state
 
 

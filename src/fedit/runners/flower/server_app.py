@@ -105,8 +105,12 @@ class FlowerServer:
         self.bench: Workbench = build_workbench(cfg)
         check_client_targets(self.bench.model, [lay.targets for lay in self.layouts])
         test_tok = self.bench.tokenize(load_test(cfg), cfg.data, train_on_prompt=False)
-        self.federation = Federation(cfg, build_strategy(cfg, len(self.nodes), self.layouts),
-                                     FlowerClients(self.grid, self.nodes, deploy.round_timeout), self.run_dir,
+        transport = FlowerClients(self.grid, self.nodes, deploy.round_timeout)
+        if cfg.privacy.secure_aggregation:  # Flower's SecAgg+: the loop gets only the sum of the updates
+            from fedit.runners.flower.secagg import SecureFlowerClients
+
+            transport = SecureFlowerClients(self.grid, self.nodes, self.client_sizes, cfg, deploy.round_timeout)
+        self.federation = Federation(cfg, build_strategy(cfg, len(self.nodes), self.layouts), transport, self.run_dir,
                                      evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
                                      min_updates=deploy.min_nodes)
         self.federation.start(self.bench.initial_state, ckpt)
@@ -168,6 +172,7 @@ class FlowerServer:
                   "lora_from": "node" if info[n].get(wire.LORA_RANK_KEY) or info[n].get(wire.LORA_TARGETS_KEY)
                   else "run", "error": info[n].get("error") or None} for c, n in sorted(clients.items())]
         atomic_write_text(self.run_dir.path / "nodes.json", json.dumps(table, indent=2) + "\n")
+        self.client_sizes = {r["client"]: int(r["num_examples"] or 0) for r in table}  # secure aggregation weights
         logger.info("clients: %s", ", ".join(f"{r['client']}=node {r['node_id']} ({r['num_examples']} records)"
                                              for r in table))
         return clients
