@@ -21,7 +21,10 @@ from fedit.registry import STRATEGIES
 
 STRATEGY_NAMES = tuple(STRATEGIES)
 PARTITION_NAMES = ("iid", "dirichlet", "shards", "files")
+BY_FIELD = "by-field:"  # --partition by-field:FIELD: one client per value of a record field
 TEMPLATE_NAMES = ("chat", "alpaca")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+LOGGERS = ("auto", "none", "tensorboard", "mlflow", "wandb")
 
 
 def flag(name: str) -> str:
@@ -100,16 +103,23 @@ class DataConfig(_Section):
     template: str = _opt("chat", "prompt format: the model's chat template or Alpaca", TEMPLATE_NAMES)
     train_on_prompt: bool = _opt(False, "also train on prompt tokens (default: response only)")
     max_len: int = _opt(512, "max tokens per example; the context is cut first, never the whole response")
-    partition: str = _opt("dirichlet", "how records are split over clients", PARTITION_NAMES)
+    partition: str = _opt("dirichlet", "how records are split over clients: iid, dirichlet, shards, files "
+                          "(one client per file) or by-field:FIELD (one client per value of a record field)")
     num_clients: int = _opt(100, "number of clients (ignored by --partition files)")
     alpha: float = _opt(0.5, "Dirichlet concentration over categories (smaller = more skewed)")
     min_client_size: int = _opt(10, "dirichlet: resample until every client has this many records")
     shards_per_client: int = _opt(2, "shards: category-sorted shards given to each client")
     max_client_records: int | None = _opt(None, "use at most this many records per client (demos)")
     max_test_records: int | None = _opt(None, "evaluate on at most this many held-out records")
+    columns: str | None = _opt(None, "read records with other field names: FIELD=COLUMN pairs, e.g. "
+                               "instruction=question,response=answer (fields: instruction, context, response, "
+                               "category, messages, conversations)")
 
     def __post_init__(self) -> None:
         self._check_types()
+        _require(self.partition in PARTITION_NAMES or (self.partition.startswith(BY_FIELD)
+                                                       and bool(self.partition[len(BY_FIELD):].strip())),
+                 "partition", f"{self.partition!r} is not one of {', '.join(PARTITION_NAMES)}, {BY_FIELD}FIELD")
         if isinstance(self.test_data, str) and self.test_data.lower() in ("", "none"):
             self.test_data = None
         _require(self.max_len >= 16, "max_len", f"must be at least 16, got {self.max_len}")
@@ -133,6 +143,13 @@ class TrainConfig(_Section):
     grad_clip: float = _opt(1.0, "max gradient norm (0 disables clipping)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     proximal_mu: float = _opt(0.01, "fedprox: weight of the proximal term mu/2*||w - w_global||^2")
+    lr_schedule: str = _opt("constant", "learning-rate schedule over the whole federation (--lr is its peak)",
+                            LR_SCHEDULES)
+    lr_schedule_unit: str = _opt("round", "what one schedule step is: a round (one lr per round, as "
+                                 "OpenFedLLM) or a local optimizer step", ("round", "step"))
+    warmup_steps: int = _opt(0, "linear warmup length in schedule steps (see --lr-schedule-unit)")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass: less memory "
+                                        "for longer sequences or bigger models, about a third more compute")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -150,6 +167,7 @@ class TrainConfig(_Section):
         _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(self.proximal_mu >= 0, "proximal_mu", f"must be >= 0, got {self.proximal_mu}")
+        _require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass
@@ -163,6 +181,8 @@ class FederationConfig(_Section):
     seed: int = _opt(42, "seed of sampling, partitioning, LoRA init and local training")
     eval_batch_size: int = _opt(8, "examples per forward pass in central evaluation")
     keep_checkpoints: int = _opt(2, "how many round checkpoints to keep (the newest)")
+    logger: str = _opt("auto", "experiment tracker fed with every metric (auto: tensorboard when installed, "
+                       "else none)", LOGGERS)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -209,7 +229,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
 
     def __post_init__(self) -> None:
-        if self.data.partition != "files" and self.federation.clients_per_round is not None \
+        if not partition_from_data(self.data.partition) and self.federation.clients_per_round is not None \
                 and self.federation.fraction is None:
             self.federation.clients_to_sample(self.data.num_clients)
 
@@ -275,6 +295,12 @@ class DeployConfig(_Section):
 
 # Sections that define CLI flags besides the run's own (their names must not clash with any).
 EXTRA_SECTIONS: dict[str, type[_Section]] = {"deploy": DeployConfig}
+
+
+def partition_from_data(partition: str) -> bool:
+    """True when the client count comes from the data (one client per file or field value),
+    not from --num-clients."""
+    return partition == "files" or partition.startswith(BY_FIELD)
 
 
 def field_sections() -> dict[str, str]:

@@ -22,7 +22,9 @@ STRATEGIES: dict[str, str] = {
 # Server-side wrappers, applied innermost first: name -> "module:function". Each function has the
 # signature ``wrap(strategy, cfg) -> Strategy`` and returns ``strategy`` unchanged when the run's
 # config does not ask for it (see fedit.server.wrappers).
-WRAPPERS: dict[str, str] = {}
+WRAPPERS: dict[str, str] = {
+    "lr_schedule": "fedit.server.scheduled:wrap",   # --lr-schedule / --warmup-steps across the federation
+}
 
 # Client-side transforms of an update, applied in this order after local training:
 # name -> "module:function" with the signature ``transform(update, job, client_state) -> update``;

@@ -21,7 +21,8 @@ from fedit.runners.checkpoint import (Checkpoint, MetricsLog, latest_checkpoint,
 logger = logging.getLogger(__name__)
 
 # Settings a resumed run may change: they do not alter what was already computed.
-RESUMABLE_CHANGES = {("federation", "rounds"), ("federation", "keep_checkpoints")}
+RESUMABLE_CHANGES = {("federation", "rounds"), ("federation", "keep_checkpoints"), ("federation", "logger"),
+                     ("train", "gradient_checkpointing")}
 
 
 class RunDir:
