@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fedit.client.job import ClientJob, run_job
+from fedit.client.job import ClientJob, ClientUpdate, run_job
 from fedit.config import Config, DataConfig, TrainConfig
 from fedit.errors import ConfigError
 from fedit.data import load_examples
@@ -56,6 +56,9 @@ def test_round_unit_puts_the_round_lr_into_every_job_and_the_round_record():
     for round_idx, expected in zip((1, 2, 3, 4), (1e-3, 1e-3 * C1, 5e-4, 1e-3 * C3)):
         jobs = strategy.configure_train(round_idx, {})
         assert [j.config for j in jobs] == [{"lr": pytest.approx(expected)}] * 2
+        updates = [ClientUpdate(j.client_id, {"k": torch.ones(1)}, 1, {"train_loss": 1.0}) for j in jobs]
+        _, metrics = strategy.aggregate_train(round_idx, {"k": torch.zeros(1)}, updates)
+        assert metrics["lr"] == pytest.approx(expected)
 
 
 def test_step_unit_names_the_schedule_and_the_horizon_is_server_state():
