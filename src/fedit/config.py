@@ -41,6 +41,20 @@ def _require(cond: bool, name: str, msg: str) -> None:
         raise ConfigError(f"{flag(name)}: {msg}")
 
 
+def parse_columns(text: str | None) -> dict[str, str]:
+    """``--columns instruction=question,response=answer`` -> {field: column}."""
+    out: dict[str, str] = {}
+    for pair in (text or "").split(","):
+        if not pair.strip():
+            continue
+        name, sep, column = (part.strip() for part in pair.partition("="))
+        _require(bool(sep and name and column), "columns", f"expected FIELD=COLUMN pairs separated by commas, "
+                                                          f"got {pair.strip()!r}")
+        _require(name not in out, "columns", f"field {name!r} is mapped twice")
+        out[name] = column
+    return out
+
+
 class _Section:
     """Shared behaviour: type checking of fields (YAML and flags feed arbitrary values)."""
 
@@ -120,6 +134,7 @@ class DataConfig(_Section):
         _require(self.partition in PARTITION_NAMES or (self.partition.startswith(BY_FIELD)
                                                        and bool(self.partition[len(BY_FIELD):].strip())),
                  "partition", f"{self.partition!r} is not one of {', '.join(PARTITION_NAMES)}, {BY_FIELD}FIELD")
+        parse_columns(self.columns)
         if isinstance(self.test_data, str) and self.test_data.lower() in ("", "none"):
             self.test_data = None
         _require(self.max_len >= 16, "max_len", f"must be at least 16, got {self.max_len}")

@@ -100,7 +100,7 @@ def client_subsample(examples: list[Example], cfg: Config, client_id: int) -> li
 def load_clients(cfg: Config) -> list[list[Example]]:
     """The training records, partitioned over clients as the config says."""
     data = cfg.data
-    examples, report = load_source(data.data)
+    examples, report = load_source(data.data, columns=data.columns)
     logger.info("training data %s: %s", data.data, report.summary())
     partitioner = make_partitioner(data.partition, num_partitions=data.num_clients,
                                    seed=cfg.federation.seed, alpha=data.alpha,
@@ -117,7 +117,7 @@ def load_test(cfg: Config) -> list[Example]:
     """The held-out records of central evaluation (empty without --test-data)."""
     if cfg.data.test_data is None:
         return []
-    examples, report = load_source(cfg.data.test_data)
+    examples, report = load_source(cfg.data.test_data, columns=cfg.data.columns)
     logger.info("test data %s: %s", cfg.data.test_data, report.summary())
     return subsample(examples, cfg.data.max_test_records, np.random.default_rng([cfg.federation.seed, 2]))
 

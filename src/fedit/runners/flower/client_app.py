@@ -42,15 +42,16 @@ def node_client_index(node_config: dict[str, Any]) -> int | None:
     return value
 
 
-def node_records(node_config: dict[str, Any]) -> list[Example]:
-    """The node's records (``data-path``), validated; a one-line FeditError if unusable."""
+def node_records(node_config: dict[str, Any], columns: str | None = None) -> list[Example]:
+    """The node's records (``data-path``, fields renamed by the run's ``--columns``), validated;
+    a one-line FeditError if unusable."""
     path = node_config.get(DATA_PATH_KEY)
     if not isinstance(path, str) or not path:
         raise ConfigError(f"node config {DATA_PATH_KEY} is not set: start the SuperNode with "
                           f"--node-config '{DATA_PATH_KEY}=\"FILE.json\"' (or fedit deploy supernode --data)")
     if not Path(path).expanduser().is_file():
         raise DataError(f"{path}: no such data file")
-    examples, report = load_examples(path)
+    examples, report = load_examples(path, columns=columns)
     if not examples:
         raise DataError(f"{path}: no usable records ({report.summary()})")
     return examples
@@ -60,7 +61,7 @@ def node_examples(node_config: dict[str, Any], cfg: Config, client_id: int) -> l
     """The records this node trains on as client ``client_id``: subsampled as the simulation does."""
     from fedit.runners.common import client_subsample  # imports torch: only when training
 
-    return client_subsample(node_records(node_config), cfg, client_id)
+    return client_subsample(node_records(node_config, cfg.data.columns), cfg, client_id)
 
 
 def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:
@@ -78,7 +79,7 @@ def query(msg: Message, context: Context) -> Message:
         answer["client-index"] = -1 if index is None else index
         cfg = config_from_run(context.run_config)
         limit = cfg.data.max_client_records
-        answer["num-examples"] = min(len(node_records(context.node_config)), limit or 1 << 62)
+        answer["num-examples"] = min(len(node_records(context.node_config, cfg.data.columns)), limit or 1 << 62)
     except (FeditError, OSError, ValueError) as exc:
         answer["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     return Message(RecordDict({CONFIG: ConfigRecord(answer)}), reply_to=msg)
