@@ -8,6 +8,7 @@ can always name the flag to fix. Presets are YAML files with the same nested lay
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -308,8 +309,42 @@ class DeployConfig(_Section):
         return max(self.min_nodes, self.wait_nodes or self.min_nodes)
 
 
+@dataclass
+class SamplingConfig(_Section):
+    """How ``fedit generate`` and ``fedit chat`` sample answers (not part of a run's config.yaml)."""
+
+    temperature: float = _opt(0.0, "sampling temperature; 0 = greedy (deterministic)")
+    top_p: float = _opt(1.0, "nucleus sampling: sample from the smallest set of tokens whose probability "
+                        "reaches this (1 = all tokens; ignored when greedy)")
+    max_new_tokens: int = _opt(128, "answer length limit in tokens")
+    system: str | None = _opt(None, "system prompt put before the conversation")
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        _require(self.temperature >= 0, "temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
+        _require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class ExportConfig(_Section):
+    """What ``fedit export`` writes and where it uploads it."""
+
+    merge: bool = _opt(True, "merge the adapter into the base weights (a plain transformers model); "
+                       "--no-merge exports the adapter alone (for vLLM --enable-lora, peft)")
+    push_to_hub: str | None = _opt(None, "also upload the exported folder to this Hugging Face repo "
+                                   "(ORG/NAME; token from HF_TOKEN or `hf auth login`)")
+    private: bool = _opt(False, "create the --push-to-hub repo as private")
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        _require(self.push_to_hub is None or bool(re.fullmatch(r"[\w\-.]+/[\w\-.]+", self.push_to_hub)),
+                 "push_to_hub", f"expected a repo id ORG/NAME, got {self.push_to_hub!r}")
+
+
 # Sections that define CLI flags besides the run's own (their names must not clash with any).
-EXTRA_SECTIONS: dict[str, type[_Section]] = {"deploy": DeployConfig}
+EXTRA_SECTIONS: dict[str, type[_Section]] = {"deploy": DeployConfig, "sampling": SamplingConfig,
+                                             "export": ExportConfig}
 
 
 def partition_from_data(partition: str) -> bool:
