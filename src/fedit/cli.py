@@ -158,13 +158,13 @@ def build_parser() -> Parser:
     part.add_argument("--config", help="preset or YAML file (default cpu-demo)")
     part.add_argument("--out", required=True, help="folder for client_NNN.json, stats.json, categories.png")
     add_config_flags(part, ["data", "partition", "num_clients", "alpha", "min_client_size",
-                            "shards_per_client", "max_client_records", "seed"])
+                            "shards_per_client", "max_client_records", "seed", "columns"])
     part.set_defaults(func=cmd_partition)
 
     ev = sub.add_parser("eval", help="held-out loss/perplexity per category, as JSON", epilog=EPILOG)
     ev.add_argument("--adapter", help="PEFT adapter folder (e.g. RUN/final); omit for the base model")
     add_config_flags(ev, ["model", "device", "precision", "test_data", "template", "max_len", "max_test_records",
-                          "eval_batch_size", "seed"])
+                          "eval_batch_size", "seed", "columns"])
     ev.set_defaults(func=cmd_eval)
 
     gen = sub.add_parser("generate", help="answer one instruction, or a file of prompts as JSON lines",

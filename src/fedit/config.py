@@ -120,7 +120,7 @@ class DataConfig(_Section):
     max_len: int = _opt(512, "max tokens per example; the context is cut first, never the whole response")
     partition: str = _opt("dirichlet", "how records are split over clients: iid, dirichlet, shards, files "
                           "(one client per file) or by-field:FIELD (one client per value of a record field)")
-    num_clients: int = _opt(100, "number of clients (ignored by --partition files)")
+    num_clients: int = _opt(100, "number of clients (ignored by --partition files and by-field:FIELD)")
     alpha: float = _opt(0.5, "Dirichlet concentration over categories (smaller = more skewed)")
     min_client_size: int = _opt(10, "dirichlet: resample until every client has this many records")
     shards_per_client: int = _opt(2, "shards: category-sorted shards given to each client")

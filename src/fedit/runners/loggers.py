@@ -141,8 +141,9 @@ class MlflowBackend:
             exp = self.client.get_experiment_by_name("fedit")
             exp_id = exp.experiment_id if exp is not None else self.client.create_experiment("fedit")
             self.run_id = self.client.create_run(exp_id, run_name=run_dir.absolute().name).info.run_id
-            for key, value in cfg.flat().items():
-                self.client.log_param(self.run_id, key, value)
+            from mlflow.entities import Param
+
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in cfg.flat().items()])
             id_file.write_text(self.run_id + "\n")
         self.uri = uri
 
