@@ -88,12 +88,13 @@ def test_mlflow_run_read_back_and_reopened_on_resume(tmp_path, monkeypatch):
 
 
 def test_wandb_offline_run_files(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run = open_logger(cfg("wandb"), tmp_path, [])
     run.record(ROUND)
     run.step(loss=2.0, lr=1e-3, input_tokens=10, seconds=1.0)
     run.close()
+    wandb.teardown()   # the wandb-core service writes the run file; wait for it to finish
     run_id = (tmp_path / "wandb_run_id").read_text().strip()
     files = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(files) == 1
