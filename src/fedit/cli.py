@@ -24,7 +24,8 @@ from fedit.errors import FeditError
 logger = logging.getLogger("fedit")
 
 # Modules that add a subcommand: each has add_parser(subparsers, add_config_flags, config_from_args).
-COMMAND_MODULES = ("fedit.experiment.cli", "fedit.runners.flower.cli")
+COMMAND_MODULES = ("fedit.experiment.cli", "fedit.runners.flower.cli", "fedit.chat_cli",
+                   "fedit.export.cli")
 
 EPILOG = ("Data: --data dolly reads $FEDIT_DOLLY_DIR (a folder of Shepherd-style Dolly files) or, "
           "failing that, the Hugging Face hub. Models: smollm2-135m-instruct (default, shipped as "
@@ -128,11 +129,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from fedit.eval.cli_support import answer
+    from fedit.chat_cli import cmd_generate as generate
 
-    cfg = config_from_args(args, Config())
-    print(answer(cfg, args.adapter, args.instruction, args.context, args.max_new_tokens))
-    return 0
+    return generate(args)
 
 
 def build_parser() -> Parser:
@@ -159,21 +158,24 @@ def build_parser() -> Parser:
     part.add_argument("--config", help="preset or YAML file (default cpu-demo)")
     part.add_argument("--out", required=True, help="folder for client_NNN.json, stats.json, categories.png")
     add_config_flags(part, ["data", "partition", "num_clients", "alpha", "min_client_size",
-                            "shards_per_client", "max_client_records", "seed"])
+                            "shards_per_client", "max_client_records", "seed", "columns"])
     part.set_defaults(func=cmd_partition)
 
     ev = sub.add_parser("eval", help="held-out loss/perplexity per category, as JSON", epilog=EPILOG)
     ev.add_argument("--adapter", help="PEFT adapter folder (e.g. RUN/final); omit for the base model")
     add_config_flags(ev, ["model", "device", "precision", "test_data", "template", "max_len", "max_test_records",
-                          "eval_batch_size", "seed"])
+                          "eval_batch_size", "seed", "columns"])
     ev.set_defaults(func=cmd_eval)
 
-    gen = sub.add_parser("generate", help="answer one instruction (greedy)", epilog=EPILOG)
-    gen.add_argument("instruction", help="the instruction to answer")
+    gen = sub.add_parser("generate", help="answer one instruction, or a file of prompts as JSON lines",
+                         epilog=EPILOG)
+    gen.add_argument("instruction", nargs="?", help="the instruction to answer (or use --prompts)")
     gen.add_argument("--context", default="", help="optional input/context for the instruction")
-    gen.add_argument("--adapter", help="PEFT adapter folder (e.g. RUN/final); omit for the base model")
-    gen.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (default 128)")
-    add_config_flags(gen, ["model", "device", "precision", "template"])
+    gen.add_argument("--prompts", metavar="FILE", help="answer every prompt of FILE (- reads stdin): one "
+                     "instruction per line, or JSON lines with instruction[/context], prompt or messages; "
+                     "prints one JSON line per prompt")
+    from fedit.chat_cli import add_source_flags
+    add_source_flags(gen, add_config_flags)   # --run/--adapter, --model..., --temperature/--top-p/...
     gen.set_defaults(func=cmd_generate)
 
     for module in COMMAND_MODULES:  # commands that live beside their library code

@@ -8,6 +8,7 @@ can always name the flag to fix. Presets are YAML files with the same nested lay
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,10 +22,13 @@ from fedit.registry import STRATEGIES
 
 STRATEGY_NAMES = tuple(STRATEGIES)
 PARTITION_NAMES = ("iid", "dirichlet", "shards", "files")
+BY_FIELD = "by-field:"  # --partition by-field:FIELD: one client per value of a record field
 # How the server combines the clients' LoRA factors (fedit.server.lora_aggregate; docs/methods.md).
 LORA_AGGREGATIONS = ("factors", "ffa", "zero-pad", "product-svd")
 TEMPLATE_NAMES = ("chat", "alpaca")
 DP_MODES = ("central", "local")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+LOGGERS = ("auto", "none", "tensorboard", "mlflow", "wandb")
 
 
 def flag(name: str) -> str:
@@ -39,6 +43,20 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 def _require(cond: bool, name: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{flag(name)}: {msg}")
+
+
+def parse_columns(text: str | None) -> dict[str, str]:
+    """``--columns instruction=question,response=answer`` -> {field: column}."""
+    out: dict[str, str] = {}
+    for pair in (text or "").split(","):
+        if not pair.strip():
+            continue
+        name, sep, column = (part.strip() for part in pair.partition("="))
+        _require(bool(sep and name and column), "columns", f"expected FIELD=COLUMN pairs separated by commas, "
+                                                          f"got {pair.strip()!r}")
+        _require(name not in out, "columns", f"field {name!r} is mapped twice")
+        out[name] = column
+    return out
 
 
 class _Section:
@@ -123,16 +141,24 @@ class DataConfig(_Section):
     template: str = _opt("chat", "prompt format: the model's chat template or Alpaca", TEMPLATE_NAMES)
     train_on_prompt: bool = _opt(False, "also train on prompt tokens (default: response only)")
     max_len: int = _opt(512, "max tokens per example; the context is cut first, never the whole response")
-    partition: str = _opt("dirichlet", "how records are split over clients", PARTITION_NAMES)
-    num_clients: int = _opt(100, "number of clients (ignored by --partition files)")
+    partition: str = _opt("dirichlet", "how records are split over clients: iid, dirichlet, shards, files "
+                          "(one client per file) or by-field:FIELD (one client per value of a record field)")
+    num_clients: int = _opt(100, "number of clients (ignored by --partition files and by-field:FIELD)")
     alpha: float = _opt(0.5, "Dirichlet concentration over categories (smaller = more skewed)")
     min_client_size: int = _opt(10, "dirichlet: resample until every client has this many records")
     shards_per_client: int = _opt(2, "shards: category-sorted shards given to each client")
     max_client_records: int | None = _opt(None, "use at most this many records per client (demos)")
     max_test_records: int | None = _opt(None, "evaluate on at most this many held-out records")
+    columns: str | None = _opt(None, "read records with other field names: FIELD=COLUMN pairs, e.g. "
+                               "instruction=question,response=answer (fields: instruction, context, response, "
+                               "category, messages, conversations)")
 
     def __post_init__(self) -> None:
         self._check_types()
+        _require(self.partition in PARTITION_NAMES or (self.partition.startswith(BY_FIELD)
+                                                       and bool(self.partition[len(BY_FIELD):].strip())),
+                 "partition", f"{self.partition!r} is not one of {', '.join(PARTITION_NAMES)}, {BY_FIELD}FIELD")
+        parse_columns(self.columns)
         if isinstance(self.test_data, str) and self.test_data.lower() in ("", "none"):
             self.test_data = None
         _require(self.max_len >= 16, "max_len", f"must be at least 16, got {self.max_len}")
@@ -156,6 +182,13 @@ class TrainConfig(_Section):
     grad_clip: float = _opt(1.0, "max gradient norm (0 disables clipping)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     proximal_mu: float = _opt(0.01, "fedprox: weight of the proximal term mu/2*||w - w_global||^2")
+    lr_schedule: str = _opt("constant", "learning-rate schedule over the whole federation (--lr is its peak)",
+                            LR_SCHEDULES)
+    lr_schedule_unit: str = _opt("round", "what one schedule step is: a round (one lr per round, as "
+                                 "OpenFedLLM) or a local optimizer step", ("round", "step"))
+    warmup_steps: int = _opt(0, "linear warmup length in schedule steps (see --lr-schedule-unit)")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass: less memory "
+                                        "for longer sequences or bigger models, about a third more compute")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -173,6 +206,7 @@ class TrainConfig(_Section):
         _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(self.proximal_mu >= 0, "proximal_mu", f"must be >= 0, got {self.proximal_mu}")
+        _require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass
@@ -186,6 +220,8 @@ class FederationConfig(_Section):
     seed: int = _opt(42, "seed of sampling, partitioning, LoRA init and local training")
     eval_batch_size: int = _opt(8, "examples per forward pass in central evaluation")
     keep_checkpoints: int = _opt(2, "how many round checkpoints to keep (the newest)")
+    logger: str = _opt("auto", "experiment tracker fed with every metric (auto: tensorboard when installed, "
+                       "else none)", LOGGERS)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -300,7 +336,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
-        if self.data.partition != "files" and self.federation.clients_per_round is not None \
+        if not partition_from_data(self.data.partition) and self.federation.clients_per_round is not None \
                 and self.federation.fraction is None:
             self.federation.clients_to_sample(self.data.num_clients)
 
@@ -364,8 +400,48 @@ class DeployConfig(_Section):
         return max(self.min_nodes, self.wait_nodes or self.min_nodes)
 
 
+@dataclass
+class SamplingConfig(_Section):
+    """How ``fedit generate`` and ``fedit chat`` sample answers (not part of a run's config.yaml)."""
+
+    temperature: float = _opt(0.0, "sampling temperature; 0 = greedy (deterministic)")
+    top_p: float = _opt(1.0, "nucleus sampling: sample from the smallest set of tokens whose probability "
+                        "reaches this (1 = all tokens; ignored when greedy)")
+    max_new_tokens: int = _opt(128, "answer length limit in tokens")
+    system: str | None = _opt(None, "system prompt put before the conversation")
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        _require(self.temperature >= 0, "temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
+        _require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class ExportConfig(_Section):
+    """What ``fedit export`` writes and where it uploads it."""
+
+    merge: bool = _opt(True, "merge the adapter into the base weights (a plain transformers model); "
+                       "--no-merge exports the adapter alone (for vLLM --enable-lora, peft)")
+    push_to_hub: str | None = _opt(None, "also upload the exported folder to this Hugging Face repo "
+                                   "(ORG/NAME; token from HF_TOKEN or `hf auth login`)")
+    private: bool = _opt(False, "create the --push-to-hub repo as private")
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        _require(self.push_to_hub is None or bool(re.fullmatch(r"[\w\-.]+/[\w\-.]+", self.push_to_hub)),
+                 "push_to_hub", f"expected a repo id ORG/NAME, got {self.push_to_hub!r}")
+
+
 # Sections that define CLI flags besides the run's own (their names must not clash with any).
-EXTRA_SECTIONS: dict[str, type[_Section]] = {"deploy": DeployConfig}
+EXTRA_SECTIONS: dict[str, type[_Section]] = {"deploy": DeployConfig, "sampling": SamplingConfig,
+                                             "export": ExportConfig}
+
+
+def partition_from_data(partition: str) -> bool:
+    """True when the client count comes from the data (one client per file or field value),
+    not from --num-clients."""
+    return partition == "files" or partition.startswith(BY_FIELD)
 
 
 def field_sections() -> dict[str, str]:

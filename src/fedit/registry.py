@@ -24,6 +24,7 @@ STRATEGIES: dict[str, str] = {
 # config does not ask for it (see fedit.server.wrappers).
 WRAPPERS: dict[str, str] = {
     "dp": "fedit.privacy.dp_strategy:wrap",            # DP-FedAvg (--dp-clip): noise on the sum, accountant
+    "lr_schedule": "fedit.server.scheduled:wrap",   # --lr-schedule / --warmup-steps across the federation
 }
 
 # Client-side transforms of an update, applied in this order after local training:

@@ -25,6 +25,7 @@ from fedit.data.prompts import TokenizedExample
 from fedit.errors import ConfigError
 from fedit.model import AdapterState
 from fedit.registry import CLIENT_TRANSFORMS, load
+from fedit.schedules import SCHEDULES, step_lr
 
 Scalar = bool | int | float | str
 ClientState = dict[str, AdapterState]
@@ -93,6 +94,11 @@ CLIENT_KEYS: dict[str, ClientKey] = {
     "dp_clip": ClientKey(float, "DP-FedAvg: clip the update (trained - global adapter) to this L2 norm"),
     "dp_noise": ClientKey(float, "DP-FedAvg local mode: add N(0, (dp_noise * dp_clip)^2) to the clipped update"),
     "dp_noise_seed": ClientKey(int, "DP-FedAvg local mode: fixed seed of the client's noise (experiments only)"),
+    # A per-step learning-rate schedule across the federation (fedit.server.scheduled, unit "step"):
+    # lr is then the peak and the client follows fedit.schedules.step_lr over its own steps.
+    "lr_schedule": ClientKey(str, "per-step schedule shape (constant, cosine, linear); lr is its peak"),
+    "lr_warmup_steps": ClientKey(int, "per-step schedule: warmup length in local steps"),
+    "lr_total_rounds": ClientKey(int, "per-step schedule: the rounds the schedule spans"),
 }
 
 
@@ -143,6 +149,19 @@ def proximal_correction(job: ClientJob, device: torch.device) -> Correction | No
     return correct
 
 
+def step_schedule(job: ClientJob) -> Callable[[int, int], float] | None:
+    """The job's per-step learning rate, ``(step, steps this round) -> lr``, if it names a schedule."""
+    shape = job.config.get("lr_schedule")
+    if shape is None:
+        return None
+    if shape not in SCHEDULES:
+        raise ConfigError(f"client config lr_schedule: {shape!r} is not one of {', '.join(SCHEDULES)}")
+    peak = float(job.config["lr"])
+    warmup = int(job.config.get("lr_warmup_steps", 0))
+    rounds = int(job.config.get("lr_total_rounds", job.round))
+    return lambda step, steps: step_lr(peak, shape, job.round, rounds, step, steps, warmup)
+
+
 # Builders of the gradient corrections a job asks for: (job, device) -> Correction or None.
 CORRECTIONS: list[Callable[[ClientJob, torch.device], Correction | None]] = [proximal_correction]
 
@@ -160,7 +179,7 @@ def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train
     corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device)) is not None]
     update = trainer.fit(job.state, examples, job_train_config(train, job.config), seed=seed,
                          round_idx=job.round, client_id=job.client_id, corrections=corrections,
-                         on_step=on_step, lora=job_lora(job.config))
+                         on_step=on_step, lora=job_lora(job.config), lr_at_step=step_schedule(job))
     for path in CLIENT_TRANSFORMS.values():
         update = load(path)(update, job, state)
     return update, state

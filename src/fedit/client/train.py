@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,6 +26,19 @@ from fedit.model import AdapterState, autocast, client_adapter, get_adapter_stat
 logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
+LrAtStep = Callable[[int, int], float]            # (step, total_steps) -> learning rate
+
+
+@dataclass
+class StepInfo:
+    """The optimizer step just taken (``LocalTrainer.last_step``, read by step callbacks that log)."""
+
+    step: int = 0
+    total: int = 0
+    loss: float = float("nan")
+    lr: float = float("nan")
+    input_tokens: int = 0       # non-padding tokens of the step's forward passes
+    seconds: float = 0.0
 
 
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
@@ -47,38 +61,47 @@ class LocalTrainer:
         self.autocast_dtype = autocast_dtype
         self.pad_id = pad_id
         self.initial_state = get_adapter_state(model) if initial_state is None else initial_state
+        self.last_step = StepInfo()
 
     def fit(self, global_state: AdapterState, examples: Sequence[TokenizedExample], cfg: TrainConfig,
             *, seed: int, round_idx: int, client_id: int, corrections: Sequence[Correction] = (),
-            on_step: StepCallback | None = None, lora: tuple[int | None, str] | None = None) -> ClientUpdate:
+            on_step: StepCallback | None = None, lora: tuple[int | None, str] | None = None,
+            lr_at_step: LrAtStep | None = None) -> ClientUpdate:
         """Run one local round and return the client's update.
 
         ``global_state`` is what the job carries: the client trains exactly those entries.
         ``lora``: (rank, targets) of the client's own adapter (None: the global adapter).
         ``corrections`` add a method's term to the gradients of every step before clipping
         (FedProx's proximal term, SCAFFOLD's control variates; see fedit.client.job).
+        ``lr_at_step`` sets the learning rate of every step (a per-step schedule); else ``cfg.lr``.
         """
         start = time.perf_counter()
         with client_adapter(self.model, lora, global_state, self.initial_state) as named:
             return self._fit(named, examples, cfg, seed=seed, round_idx=round_idx, client_id=client_id,
-                             corrections=corrections, on_step=on_step, start=start)
+                             corrections=corrections, on_step=on_step, lr_at_step=lr_at_step, start=start)
 
     def _fit(self, named: dict[str, torch.nn.Parameter], examples: Sequence[TokenizedExample], cfg: TrainConfig,
              *, seed: int, round_idx: int, client_id: int, corrections: Sequence[Correction],
-             on_step: StepCallback | None, start: float) -> ClientUpdate:
+             on_step: StepCallback | None, lr_at_step: LrAtStep | None, start: float) -> ClientUpdate:
         params = list(named.values())
         cseed = client_seed(seed, round_idx, client_id)
         plan = plan_steps([len(e.input_ids) for e in examples], batch_size=cfg.batch_size,
                           micro_batch_size=cfg.micro_batch_size, epochs=cfg.local_epochs,
                           steps=cfg.local_steps, rng=np.random.default_rng(cseed))
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        stats = {"loss_sum": 0.0, "tokens": 0, "padded_tokens": 0, "compute_s": 0.0}
+        stats = {"loss_sum": 0.0, "tokens": 0, "padded_tokens": 0, "input_tokens": 0, "compute_s": 0.0}
         self.model.train()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cseed)
             for step_idx, step in enumerate(plan):
+                lr = cfg.lr if lr_at_step is None else lr_at_step(step_idx, len(plan))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                t0, tokens0 = time.perf_counter(), stats["input_tokens"]
                 loss = self._step(step, examples, optimizer, cfg, named, corrections, stats)
+                self.last_step = StepInfo(step_idx + 1, len(plan), loss, lr, stats["input_tokens"] - tokens0,
+                                          time.perf_counter() - t0)
                 if on_step is not None:
                     on_step(step_idx + 1, len(plan), loss)
         self.model.eval()
@@ -92,6 +115,7 @@ class LocalTrainer:
             "padded_tokens": stats["padded_tokens"],
             "seconds": time.perf_counter() - start,
             "compute_seconds": stats["compute_s"],
+            "lr": self.last_step.lr if plan else cfg.lr,   # of the last step (schedules change it)
         }
         return ClientUpdate(client_id, state, len(examples), metrics)
 
@@ -110,6 +134,7 @@ class LocalTrainer:
             step_loss += loss_sum.item()
             stats["compute_s"] += time.perf_counter() - t0
             stats["padded_tokens"] += batch["input_ids"].numel()
+            stats["input_tokens"] += int(batch["attention_mask"].sum())
         t0 = time.perf_counter()
         for correct in corrections:
             correct(named)

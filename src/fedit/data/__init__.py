@@ -13,6 +13,7 @@ from fedit.data.loading import (
 from fedit.data.partition import (
     PARTITIONERS,
     DirichletPartitioner,
+    FieldPartitioner,
     FilePartitioner,
     IidPartitioner,
     Partitioner,
@@ -27,6 +28,7 @@ __all__ = [
     "PARTITIONERS",
     "DirichletPartitioner",
     "Example",
+    "FieldPartitioner",
     "FilePartitioner",
     "IidPartitioner",
     "LoadReport",

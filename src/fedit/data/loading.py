@@ -1,8 +1,12 @@
-"""Load instruction-tuning records from JSON / JSONL files, folders, or the ``dolly`` alias.
+"""Load instruction-tuning records from JSON / JSONL files, folders, the ``dolly`` alias, or a
+Hugging Face dataset (``hub:ORG/NAME[:split]``).
 
-Records come in Dolly form (``instruction``, ``context``, ``response``, ``category``) or Alpaca
-form (``instruction``, ``input``, ``output``, optional ``category``), detected per record, and
-become :class:`Example`. Every problem raises :class:`~fedit.errors.DataError` with one line
+Records come in Dolly form (``instruction``, ``context``, ``response``, ``category``), Alpaca
+form (``instruction``, ``input``, ``output``, optional ``category``) or chat form (``messages``
+role/content turns, or ShareGPT ``conversations``; see fedit.data.chat), detected per record, and
+become :class:`Example`. ``--columns FIELD=COLUMN,...`` renames a source's columns first. Other
+scalar fields (a user id, a source) are kept on the record (``Example.extra``), e.g. for
+``--partition by-field:FIELD``. Every problem raises :class:`~fedit.errors.DataError` with one line
 naming the file and the record, so users can fix their data without reading a traceback.
 """
 
@@ -19,6 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fedit.config import parse_columns
+from fedit.data.chat import Turn, chat_field, is_plain_exchange, parse_turns, turns_to_json
 from fedit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -32,23 +38,43 @@ HUB: Literal["hub"] = "hub"
 _ALIASES = {"dolly": "train", "dolly:train": "train", "dolly:test": "test"}
 _DOLLY_PATTERNS = {"train": "local_training_*.json", "test": "global_test.json"}
 _SUFFIXES = (".json", ".jsonl")
+HUB_PREFIX = "hub:"   # --data hub:ORG/NAME[:split]
+# Fields the record forms define; any other scalar field of a record is kept in Example.extra.
+KNOWN_FIELDS = frozenset({"instruction", "context", "input", "response", "output", "category",
+                          "messages", "conversations"})
 
 
 @dataclass(frozen=True)
 class Example:
     """One instruction-tuning record; ``source`` (its file name) is kept for the ``files``
-    partitioner but is not part of equality, so duplicates across files are still duplicates."""
+    partitioner but is not part of equality, so duplicates across files are still duplicates.
+    ``messages`` holds the turns of a chat record (None for a single instruction/response);
+    ``extra`` the record's other scalar fields, sorted by name (not part of equality either)."""
 
     instruction: str
     context: str
     response: str
     category: str
     source: str = field(default="", compare=False)
+    messages: tuple[Turn, ...] | None = None
+    extra: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
-    def to_dict(self) -> dict[str, str]:
-        """The record in Dolly form (the format partition files are written in)."""
-        return {"instruction": self.instruction, "context": self.context,
-                "response": self.response, "category": self.category}
+    def to_dict(self) -> dict[str, Any]:
+        """The record in Dolly form, or ``messages`` form for a chat record, with its extra
+        fields (the format partition files are written in)."""
+        if self.messages is not None:
+            out: dict[str, Any] = {"messages": turns_to_json(self.messages), "category": self.category}
+        else:
+            out = {"instruction": self.instruction, "context": self.context,
+                   "response": self.response, "category": self.category}
+        out.update((k, v) for k, v in self.extra if k not in out)
+        return out
+
+    def field_value(self, name: str) -> Any:
+        """``category``, ``source`` or an extra field by name (None when the record lacks it)."""
+        if name in ("category", "source"):
+            return getattr(self, name)
+        return dict(self.extra).get(name)
 
 
 @dataclass
@@ -98,11 +124,44 @@ def parse_record(record: Any, where: str, source: str = "") -> Example:
     """
     if not isinstance(record, Mapping):
         raise DataError(f"{where}: expected a JSON object, got {_type_name(record)}")
+    chat = chat_field(record)
+    if chat is not None:
+        return parse_chat_record(record, chat, where, source)
     instruction = _field(record, ("instruction",), where, required=True)
     response = _field(record, ("response", "output"), where, required=True)
     context = _field(record, ("context", "input"), where, required=False) or ""
     category = _field(record, ("category",), where, required=False) or DEFAULT_CATEGORY
-    return Example(instruction, context, response, category, source=source)  # type: ignore[arg-type]
+    return Example(instruction, context, response, category, source=source,  # type: ignore[arg-type]
+                   extra=record_extras(record))
+
+
+def parse_chat_record(record: Mapping[str, Any], name: str, where: str, source: str = "") -> Example:
+    """A ``messages`` or ``conversations`` record (see fedit.data.chat) as an :class:`Example`."""
+    turns = parse_turns(record[name], name, where)
+    category = _field(record, ("category",), where, required=False) or DEFAULT_CATEGORY
+    instruction = next(content for role, content in turns if role == "user")
+    response = turns[-1][1]
+    messages = None if is_plain_exchange(turns) else turns
+    return Example(instruction, "", response, category, source=source, messages=messages,
+                   extra=record_extras(record))
+
+
+def record_extras(record: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The record's scalar fields beyond the known ones (kept for by-field partitions)."""
+    return tuple(sorted((k, v) for k, v in record.items()
+                        if k not in KNOWN_FIELDS and isinstance(v, (str, int, float, bool))))
+
+
+def remap_columns(record: Any, columns: Mapping[str, str], where: str) -> Any:
+    """``record`` with ``columns`` ({field: column}) renamed to their fields (``--columns``)."""
+    if not columns or not isinstance(record, Mapping):
+        return record
+    out = {k: v for k, v in record.items() if k not in columns.values()}
+    for name, column in columns.items():
+        if column not in record:
+            raise DataError(f"{where}: missing column {column!r} (--columns {name}={column})")
+        out[name] = record[column]
+    return out
 
 
 def _read_text(path: Path) -> str:
@@ -180,16 +239,20 @@ def _filter(examples: Iterable[Example], files: list[str], label: str, *, dedupe
     return kept, report
 
 
-def _load_files(files: list[Path], label: str, *, dedupe: bool) -> tuple[list[Example], LoadReport]:
-    examples = (parse_record(record, where, source=path.name)
+def _load_files(files: list[Path], label: str, *, dedupe: bool,
+                columns: str | None = None) -> tuple[list[Example], LoadReport]:
+    mapping = parse_columns(columns)
+    examples = (parse_record(remap_columns(record, mapping, where), where, source=path.name)
                 for path in files for where, record in _read_records(path))
     return _filter(examples, [str(p) for p in files], label, dedupe=dedupe)
 
 
-def load_examples(path: str | os.PathLike[str], *, dedupe: bool = True) -> tuple[list[Example], LoadReport]:
+def load_examples(path: str | os.PathLike[str], *, dedupe: bool = True,
+                  columns: str | None = None) -> tuple[list[Example], LoadReport]:
     """Load a .json (array) or .jsonl file, or every such file directly inside a folder (sorted
-    by name), dropping empty responses and exact duplicates. ``source`` is each file's name."""
-    return _load_files(_files_at(Path(path).expanduser()), str(path), dedupe=dedupe)
+    by name), dropping empty responses and exact duplicates. ``source`` is each file's name;
+    ``columns`` (``--columns``) renames fields first."""
+    return _load_files(_files_at(Path(path).expanduser()), str(path), dedupe=dedupe, columns=columns)
 
 
 def _dolly_files(root: Path, split: str) -> list[Path]:
@@ -251,9 +314,39 @@ def _load_dolly_hub(split: str, *, dedupe: bool) -> tuple[list[Example], LoadRep
     return _filter(train, [where], "dolly", dedupe=dedupe, exclude=frozenset(test))
 
 
-def load_source(spec: str, *, dedupe: bool = True) -> tuple[list[Example], LoadReport]:
-    """Load a data spec: ``dolly``, ``dolly:test``, or a file/folder path (see :func:`resolve_data_path`)."""
+def load_source(spec: str, *, dedupe: bool = True, columns: str | None = None) -> tuple[list[Example], LoadReport]:
+    """Load a data spec: ``dolly``, ``dolly:test``, ``hub:ORG/NAME[:split]`` or a file/folder path
+    (see :func:`resolve_data_path`); ``columns`` (``--columns``) renames fields first."""
+    if spec.startswith(HUB_PREFIX):
+        return load_hub_dataset(spec, dedupe=dedupe, columns=columns)
     files = resolve_data_path(spec)
     if files == HUB:
         return _load_dolly_hub(_ALIASES[spec.strip().lower()], dedupe=dedupe)
-    return _load_files(files, spec, dedupe=dedupe)
+    return _load_files(files, spec, dedupe=dedupe, columns=columns)
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str]:
+    """``hub:ORG/NAME[:split]`` -> (dataset id, split; ``train`` when not given)."""
+    name, sep, split = spec[len(HUB_PREFIX):].strip().partition(":")
+    if not re.fullmatch(r"[\w\-.]+/[\w\-.]+", name) or (sep and not split):
+        raise DataError(f"{spec}: expected hub:ORG/NAME or hub:ORG/NAME:SPLIT (a Hugging Face dataset id)")
+    return name, split or "train"
+
+
+def load_hub_dataset(spec: str, *, dedupe: bool = True, columns: str | None = None) -> tuple[list[Example], LoadReport]:
+    """A Hugging Face dataset split through ``datasets`` (optional extra ``fedit[data]``); its
+    rows are validated as records of any form, named ``hf://datasets/ORG/NAME[split]: record N``."""
+    name, split = parse_hub_spec(spec)
+    try:
+        import datasets  # optional extra `fedit[data]`; imported here so fedit works without it
+
+        rows = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # offline, missing package, unknown dataset or split
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise DataError(f"{spec}: cannot load {name} ({split}) from the Hugging Face hub ({reason}); "
+                        "download it elsewhere and pass its .json/.jsonl file or folder") from None
+    mapping = parse_columns(columns)
+    where = f"hf://datasets/{name}[{split}]"
+    examples = (parse_record(remap_columns(row, mapping, at), at, source=name)
+                for i, row in enumerate(rows) for at in [f"{where}: record {i + 1} (index {i})"])
+    return _filter(examples, [where], spec, dedupe=dedupe)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedit.config import BY_FIELD
 from fedit.data.loading import Example, natural_sort_key
 from fedit.errors import ConfigError
 
@@ -170,6 +171,40 @@ class FilePartitioner(Partitioner):
         return self._finish([groups[source] for source in self.sources])
 
 
+class FieldPartitioner(Partitioner):
+    """One client per distinct value of a record field (``--partition by-field:FIELD``): a natural
+    split such as one client per user or per source. ``FIELD`` is ``category``, ``source`` (the
+    file) or any extra scalar field the records carry; values in natural sort order. Every record
+    must have the field. Like ``files``, the client count comes from the data; no randomness."""
+
+    def __init__(self, field: str) -> None:  # no super().__init__: the client count comes from the data
+        self.field = field
+        self._num_partitions = 0
+        self.values: list[str] = []
+
+    def partition(self, examples: Sequence[Example]) -> list[list[int]]:
+        where = f"--partition {BY_FIELD}{self.field}"
+        if not examples:
+            raise ConfigError(f"{where}: there are no records to partition")
+        groups: dict[str, list[int]] = {}
+        missing = []
+        for index, example in enumerate(examples):
+            value = example.field_value(self.field)
+            if value is None or value == "":
+                missing.append(example)
+            else:
+                groups.setdefault(str(value), []).append(index)
+        if missing:
+            first = missing[0]
+            origin = f" in {first.source}" if first.source else ""
+            raise ConfigError(f"{where}: {len(missing)} of {len(examples)} records have no {self.field!r} field "
+                              f"(first{origin}: {first.instruction[:40]!r}); add it to every record or choose "
+                              "another --partition")
+        self.values = sorted(groups, key=natural_sort_key)
+        self._num_partitions = len(self.values)
+        return self._finish([groups[value] for value in self.values])
+
+
 PARTITIONERS: dict[str, type[Partitioner]] = {
     "iid": IidPartitioner,
     "dirichlet": DirichletPartitioner,
@@ -180,11 +215,14 @@ PARTITIONERS: dict[str, type[Partitioner]] = {
 
 def make_partitioner(name: str, *, num_partitions: int, seed: int = 42, alpha: float = 0.5,
                      min_partition_size: int = 1, shards_per_client: int = 2) -> Partitioner:
-    """Build the partitioner registered as ``name``, passing it the options it takes
-    (``files`` ignores all of them: its client count is the number of source files)."""
+    """Build the partitioner registered as ``name`` (or ``by-field:FIELD``), passing it the options
+    it takes (``files`` and ``by-field`` ignore all of them: their client count comes from the data)."""
+    if name.startswith(BY_FIELD) and name[len(BY_FIELD):].strip():
+        return FieldPartitioner(name[len(BY_FIELD):].strip())
     cls = PARTITIONERS.get(name)
     if cls is None:
-        raise ConfigError(f"--partition {name!r} is unknown; choose one of: {', '.join(PARTITIONERS)}")
+        raise ConfigError(f"--partition {name!r} is unknown; choose one of: {', '.join(PARTITIONERS)}, "
+                          f"{BY_FIELD}FIELD")
     options = {"num_partitions": num_partitions, "seed": seed, "alpha": alpha,
                "min_partition_size": min_partition_size, "shards_per_client": shards_per_client}
     accepted = inspect.signature(cls).parameters

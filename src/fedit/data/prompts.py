@@ -4,6 +4,10 @@ Two formats: the model's own chat template (default) and the Alpaca instruction/
 template. Truncation to ``max_len`` cuts the context first, then the tail of the response; a
 record whose prompt alone leaves no room for a response token is skipped and counted, so the
 loss is never computed over zero tokens (NaN).
+
+Chat records with several turns (``Example.messages``) carry the loss on every assistant turn
+and on nothing else; they are rendered turn by turn (each assistant turn's prompt is the whole
+conversation before it) and cut at ``max_len`` from the end (later turns are lost first).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from fedit.data.loading import Example
+from fedit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +82,76 @@ def _response_text(tokenizer, example: Example, template: str, prompt: str) -> s
     return full[len(prompt):]
 
 
+def conversation_prompt(tokenizer, turns: Sequence[tuple[str, str]], template: str) -> str:
+    """The text of a conversation (ending with a user turn) up to where the next assistant turn
+    starts: what chat and generation feed the model."""
+    if template == "alpaca":
+        return "".join(text for text, _ in _alpaca_pieces(tokenizer, turns))
+    messages = [{"role": role, "content": content} for role, content in turns]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _alpaca_pieces(tokenizer, turns: Sequence[tuple[str, str]]) -> list[tuple[str, bool]]:
+    """(text, carries loss) pieces of a conversation in Alpaca form: a preamble (the system turn,
+    or Alpaca's own), then ``### Instruction:`` / ``### Response:`` blocks, one per exchange; a
+    single exchange renders exactly as :data:`ALPACA_NO_INPUT` + response + eos."""
+    system = turns[0][1] if turns and turns[0][0] == "system" else None
+    preamble = ALPACA_NO_INPUT.split("### Instruction:")[0] if system is None else system + "\n\n"
+    pieces: list[tuple[str, bool]] = [(preamble, False)]
+    for role, content in turns:
+        if role == "user":
+            sep = "\n\n" if len(pieces) > 1 else ""
+            pieces.append((f"{sep}### Instruction:\n{content}\n\n### Response:\n", False))
+        elif role == "assistant":
+            pieces.append((content + (tokenizer.eos_token or ""), True))
+    return pieces
+
+
+def _chat_pieces(tokenizer, turns: Sequence[tuple[str, str]]) -> list[tuple[str, bool]]:
+    """(text, carries loss) pieces of a conversation with the model's chat template: each
+    assistant turn is what the template adds after the conversation before it."""
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for index, (role, _) in enumerate(turns):
+        if role != "assistant":
+            continue
+        prompt = conversation_prompt(tokenizer, turns[:index], "chat")
+        messages = [{"role": r, "content": c} for r, c in turns[:index + 1]]
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise ConfigError("--template chat: the model's chat template rewrites earlier turns, so the loss "
+                              "cannot be placed on assistant turns; use --template alpaca for multi-turn data")
+        pieces += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    return pieces
+
+
+def tokenize_conversation(tokenizer, example: Example, *, template: str, max_len: int,
+                          train_on_prompt: bool = False,
+                          report: TokenizeReport | None = None) -> TokenizedExample | None:
+    """Tokenize a multi-turn chat record: loss on assistant turns only (on every token with
+    ``train_on_prompt``); cut at ``max_len``; None when no assistant token fits."""
+    report = report if report is not None else TokenizeReport()
+    turns = example.messages or ()
+    pieces = _alpaca_pieces(tokenizer, turns) if template == "alpaca" else _chat_pieces(tokenizer, turns)
+    ids: list[int] = []
+    labels: list[int] = []
+    assistant: list[bool] = []
+    for text, trained in pieces:
+        piece = _encode(tokenizer, text)
+        ids += piece
+        labels += piece if trained or train_on_prompt else [IGNORE_INDEX] * len(piece)
+        assistant += [trained] * len(piece)
+    if len(ids) > max_len:
+        report.n_response_cut += 1
+        ids, labels, assistant = ids[:max_len], labels[:max_len], assistant[:max_len]
+    if not any(assistant[1:]):   # the first token never carries a loss (nothing predicts it)
+        report.n_skipped += 1
+        return None
+    report.n_examples += 1
+    return TokenizedExample(ids, labels, example.category)
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -86,6 +161,9 @@ def tokenize_example(tokenizer, example: Example, *, template: str, max_len: int
                      report: TokenizeReport | None = None) -> TokenizedExample | None:
     """Tokenize one record; None when it cannot keep a single response token within max_len."""
     report = report if report is not None else TokenizeReport()
+    if example.messages is not None:
+        return tokenize_conversation(tokenizer, example, template=template, max_len=max_len,
+                                     train_on_prompt=train_on_prompt, report=report)
     context = example.context
     prompt = build_prompt(tokenizer, example.instruction, context, template)
     response_ids = _encode(tokenizer, _response_text(tokenizer, example, template, prompt))

@@ -15,6 +15,7 @@ from fedit.client import LocalTrainer
 from fedit.config import Config, DataConfig
 from fedit.data import Example, load_source, make_partitioner
 from fedit.data.prompts import TokenizedExample, tokenize_examples
+from fedit.errors import ConfigError
 from fedit.eval import evaluate_loss
 from fedit.model import AdapterState, BaseModel, add_lora, get_adapter_state, load_base_model, set_adapter_state
 
@@ -59,10 +60,27 @@ def build_workbench(cfg: Config) -> Workbench:
     lora = cfg.lora
     model = add_lora(base.model, r=lora.lora_r, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
                      targets=lora.lora_targets, seed=cfg.federation.seed)
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(base.model)
     initial = get_adapter_state(model)
     trainer = LocalTrainer(model, device=base.device, autocast_dtype=base.autocast_dtype,
                            pad_id=base.tokenizer.pad_token_id, initial_state=initial)
     return Workbench(base, model, trainer, initial)
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """transformers' activation checkpointing on the resident model. Non-reentrant: it needs no
+    input that requires grad (only LoRA weights do) and replays the RNG, so LoRA dropout masks
+    are the same in the recomputation. It acts inside the decoder layers, so the selective-head
+    loss path (fedit.client.loss), which calls the decoder directly, is checkpointed too."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"--gradient-checkpointing: {type(model).__name__} does not support it")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):   # transformers >= 5.x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    logger.info("gradient checkpointing on: activations are recomputed in the backward pass")
 
 
 def subsample(examples: list[Example], limit: int | None, rng: np.random.Generator) -> list[Example]:
@@ -83,7 +101,7 @@ def client_subsample(examples: list[Example], cfg: Config, client_id: int) -> li
 def load_clients(cfg: Config) -> list[list[Example]]:
     """The training records, partitioned over clients as the config says."""
     data = cfg.data
-    examples, report = load_source(data.data)
+    examples, report = load_source(data.data, columns=data.columns)
     logger.info("training data %s: %s", data.data, report.summary())
     partitioner = make_partitioner(data.partition, num_partitions=data.num_clients,
                                    seed=cfg.federation.seed, alpha=data.alpha,
@@ -100,7 +118,7 @@ def load_test(cfg: Config) -> list[Example]:
     """The held-out records of central evaluation (empty without --test-data)."""
     if cfg.data.test_data is None:
         return []
-    examples, report = load_source(cfg.data.test_data)
+    examples, report = load_source(cfg.data.test_data, columns=cfg.data.columns)
     logger.info("test data %s: %s", cfg.data.test_data, report.summary())
     return subsample(examples, cfg.data.max_test_records, np.random.default_rng([cfg.federation.seed, 2]))
 

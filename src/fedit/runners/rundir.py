@@ -1,7 +1,10 @@
-"""The run directory every runner writes: config.yaml, metrics.jsonl, checkpoints/, final/.
+"""The run directory every runner writes: config.yaml, metrics.jsonl, checkpoints/, final/,
+loss.png, and the experiment tracker's files (``--logger``, fedit.runners.loggers).
 
 It owns the rules that keep earlier work safe: a fresh run never overwrites another run's
-directory, and ``--resume`` continues only a run made with the same settings.
+directory, and ``--resume`` continues only a run made with the same settings. Every record goes
+through :meth:`RunDir.log` (and every local step of the simulation through :meth:`RunDir.log_step`),
+so the tracker sees exactly what metrics.jsonl holds.
 """
 
 from __future__ import annotations
@@ -17,17 +20,22 @@ from fedit.errors import CheckpointError, ConfigError
 from fedit.fileio import atomic_write_text
 from fedit.runners.checkpoint import (Checkpoint, MetricsLog, latest_checkpoint,
                                       load_checkpoint, save_checkpoint)
+from fedit.runners.loggers import RunLogger, open_logger
+from fedit.runners.loss_plot import plot_loss
 
 logger = logging.getLogger(__name__)
 
 # Settings a resumed run may change: they do not alter what was already computed.
-RESUMABLE_CHANGES = {("federation", "rounds"), ("federation", "keep_checkpoints")}
+RESUMABLE_CHANGES = {("federation", "rounds"), ("federation", "keep_checkpoints"), ("federation", "logger"),
+                     ("train", "gradient_checkpointing")}
 
 
 class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.metrics = MetricsLog(self.path / "metrics.jsonl")
+        self.tracker: RunLogger | None = None
+        self._open = False   # prepared by this process: close() may write loss.png
 
     @property
     def config_file(self) -> Path:
@@ -43,7 +51,14 @@ class RunDir:
         return Config.from_dict(yaml.safe_load(self.config_file.read_text()), str(self.config_file))
 
     def prepare(self, cfg: Config, resume: bool) -> Checkpoint | None:
-        """Create (or reopen with --resume) the directory; the checkpoint to continue from, if any."""
+        """Create (or reopen with --resume) the directory and open the run's tracker; the
+        checkpoint to continue from, if any."""
+        ckpt = self._prepare(cfg, resume)
+        self._open = True
+        self.tracker = open_logger(cfg, self.path, self.metrics.read())
+        return ckpt
+
+    def _prepare(self, cfg: Config, resume: bool) -> Checkpoint | None:
         saved = self.saved_config()
         if saved is None:
             if self.path.exists() and any(self.path.iterdir()):
@@ -86,6 +101,25 @@ class RunDir:
 
     def log(self, record: dict[str, Any]) -> None:
         self.metrics.write(record)
+        if self.tracker is not None:
+            self.tracker.record(record)
+
+    def log_step(self, loss: float, lr: float, input_tokens: int, seconds: float) -> None:
+        """One local optimizer step (the simulation's clients), for the tracker only."""
+        if self.tracker is not None:
+            self.tracker.step(loss, lr, input_tokens, seconds)
+
+    def close(self) -> None:
+        """Draw loss.png from metrics.jsonl and close the tracker (safe to call more than once;
+        does nothing unless :meth:`prepare` opened the directory in this process)."""
+        if not self._open:
+            return
+        self._open = False
+        if plot_loss(self.metrics.read(), self.path / "loss.png"):
+            logger.info("loss per round drawn in %s", self.path / "loss.png")
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
 
 def check_resumable(saved: Config, cfg: Config, origin: Path) -> None:

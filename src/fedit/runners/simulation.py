@@ -44,8 +44,9 @@ class InProcessClients:
     client's records are tokenized on first use and its client state is kept between rounds."""
 
     def __init__(self, bench: Workbench, clients: Sequence[list[Example]], cfg: Config,
-                 progress: Progress) -> None:
+                 progress: Progress, run_dir: RunDir | None = None) -> None:
         self.bench, self.clients, self.cfg, self.progress = bench, clients, cfg, progress
+        self.run_dir = run_dir   # where every local step is logged (the --logger tracker)
         self._tokenized: dict[int, list[TokenizedExample]] = {}
         self.client_states: dict[int, ClientState] = {}
 
@@ -68,9 +69,14 @@ class InProcessClients:
         train = job_train_config(self.cfg.train, job.config)
         total = num_steps(len(data), train.batch_size, train.local_epochs, train.local_steps)
         with self.progress.task(f"client {job.client_id} steps", total) as bar:
+            def on_step(step: int, total: int, loss: float) -> None:
+                bar.advance(loss=loss)
+                if self.run_dir is not None:
+                    info = self.bench.trainer.last_step
+                    self.run_dir.log_step(info.loss, info.lr, info.input_tokens, info.seconds)
+
             update, state = run_job(self.bench.trainer, job, data, self.cfg.train, seed=self.cfg.federation.seed,
-                                    client_state=self.client_states.get(job.client_id),
-                                    on_step=lambda step, total, loss: bar.advance(loss=loss))
+                                    client_state=self.client_states.get(job.client_id), on_step=on_step)
         if state:
             self.client_states[job.client_id] = state
         return update
@@ -106,7 +112,7 @@ class Simulation:
         self.bench: Workbench = self._bench if self._bench is not None else build_workbench(cfg)
         check_client_targets(self.bench.model, [lay.targets for lay in layouts])
         test_tok = self.bench.tokenize(test, cfg.data, train_on_prompt=False)
-        self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress)
+        self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress, self.run_dir)
         transport = self.transport
         if cfg.privacy.secure_aggregation:  # the round loop gets only the (quantised) sum, as from SecAgg+
             from fedit.privacy.secagg_transport import SimulatedSecureAggregation
@@ -124,9 +130,12 @@ class Simulation:
         return RunResult(self.run_dir.path, state, self.federation.history)
 
     def run(self) -> RunResult:
-        self.setup()
-        self.federation.run()
-        return self.finish()
+        try:
+            self.setup()
+            self.federation.run()
+            return self.finish()
+        finally:  # loss.png and the tracker's files, also when the run stops early
+            self.run_dir.close()
 
 
 def run_simulation(cfg: Config, out: str | Path, *, resume: bool = False,

@@ -76,15 +76,16 @@ def check_job_lora(node_config: dict[str, Any], cfg: Config, job_config: dict[st
         raise ConfigError(f"node config {LORA_TARGETS_KEY}={targets} but the server asked for {asked[1]}")
 
 
-def node_records(node_config: dict[str, Any]) -> list[Example]:
-    """The node's records (``data-path``), validated; a one-line FeditError if unusable."""
+def node_records(node_config: dict[str, Any], columns: str | None = None) -> list[Example]:
+    """The node's records (``data-path``, fields renamed by the run's ``--columns``), validated;
+    a one-line FeditError if unusable."""
     path = node_config.get(DATA_PATH_KEY)
     if not isinstance(path, str) or not path:
         raise ConfigError(f"node config {DATA_PATH_KEY} is not set: start the SuperNode with "
                           f"--node-config '{DATA_PATH_KEY}=\"FILE.json\"' (or fedit deploy supernode --data)")
     if not Path(path).expanduser().is_file():
         raise DataError(f"{path}: no such data file")
-    examples, report = load_examples(path)
+    examples, report = load_examples(path, columns=columns)
     if not examples:
         raise DataError(f"{path}: no usable records ({report.summary()})")
     return examples
@@ -94,7 +95,7 @@ def node_examples(node_config: dict[str, Any], cfg: Config, client_id: int) -> l
     """The records this node trains on as client ``client_id``: subsampled as the simulation does."""
     from fedit.runners.common import client_subsample  # imports torch: only when training
 
-    return client_subsample(node_records(node_config), cfg, client_id)
+    return client_subsample(node_records(node_config, cfg.data.columns), cfg, client_id)
 
 
 def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:
@@ -116,7 +117,7 @@ def query(msg: Message, context: Context) -> Message:
         rank, targets = node_lora(context.node_config, cfg)
         answer[LORA_RANK_KEY], answer[LORA_TARGETS_KEY] = rank or 0, targets or ""
         limit = cfg.data.max_client_records
-        answer["num-examples"] = min(len(node_records(context.node_config)), limit or 1 << 62)
+        answer["num-examples"] = min(len(node_records(context.node_config, cfg.data.columns)), limit or 1 << 62)
     except (FeditError, OSError, ValueError) as exc:
         answer["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     return Message(RecordDict({CONFIG: ConfigRecord(answer)}), reply_to=msg)

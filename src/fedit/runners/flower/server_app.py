@@ -194,9 +194,12 @@ class FlowerServer:
         logger.info("final adapter written to %s", self.run_dir.final_dir)
 
     def run(self) -> None:
-        self.setup()
-        self.federation.run()
-        self.finish()
+        try:
+            self.setup()
+            self.federation.run()
+            self.finish()
+        finally:  # loss.png and the tracker's files, also when a round stops the run
+            self.run_dir.close()
 
 
 def exchange(grid: Grid, msgs: list[Message], keys: list[Any], timeout: float | None) -> dict[Any, Message]:
