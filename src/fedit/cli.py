@@ -18,10 +18,13 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fedit.config import SECTIONS, Config, flag, load_config, preset_names
+from fedit.config import SECTIONS, Config, flag, load_config, preset_fields, preset_names
 from fedit.errors import FeditError
 
 logger = logging.getLogger("fedit")
+
+# The preset a command starts from when --config is not given (fedit experiment: cpu-small).
+DEFAULT_PRESET = "cpu-demo"
 
 # Modules that add a subcommand: each has add_parser(subparsers, add_config_flags, config_from_args).
 COMMAND_MODULES = ("fedit.experiment.cli", "fedit.runners.flower.cli")
@@ -32,8 +35,25 @@ EPILOG = ("Data: --data dolly reads $FEDIT_DOLLY_DIR (a folder of Shepherd-style
           "tiny-random, a hub id, a local folder or a .gguf file.")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter without line breaks inside hyphenated words (``cpu-demo``, ``--lr``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The description as written (a command list), the flags' help wrapped as above."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (and the hint to --help) instead of the usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -50,10 +70,49 @@ def _field_type(hint: Any) -> Callable[[str], Any]:
     return base
 
 
+class VersionAction(argparse.Action):
+    """``fedit --version``: fedit's version and git revision, Python and the main libraries
+    (read only when asked: the git call costs a few milliseconds)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> typing.NoReturn:
+        import platform
+        from importlib import metadata
+
+        from fedit.provenance import git_revision
+
+        def version(dist: str) -> str:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                return "not installed"
+
+        rev = git_revision()
+        libs = ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "peft", "flwr"))
+        print(f"fedit {version('fedit')}{f' (git {rev})' if rev else ''}\n"
+              f"python {platform.python_version()}, {libs}")
+        parser.exit(0)
+
+
+def shown_defaults(preset: str | None) -> dict[str, str]:
+    """The default each run-config flag really has when a command starts from ``preset``:
+    the preset's value (and its name) where the preset sets the field, else the field's own."""
+    if preset is None:
+        return {}
+    cfg, own = load_config(preset).flat(), preset_fields(preset)
+    return {name: f"{value}, from preset {preset}" if name in own else f"{value}"
+            for name, value in cfg.items()}
+
+
 def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None,
-                     sections: dict[str, type] | None = None) -> None:
+                     sections: dict[str, type] | None = None, preset: str | None = DEFAULT_PRESET) -> None:
     """One flag per config field (all fields, or just ``names``), grouped by section; ``sections``
-    defaults to the run config's (fedit.config.SECTIONS)."""
+    defaults to the run config's (fedit.config.SECTIONS). ``--help`` shows the defaults of
+    ``preset``, the preset the command starts from without --config (None: the fields' own)."""
+    shown = shown_defaults(preset) if sections is None else {}
     for section, cls in (SECTIONS if sections is None else sections).items():
         hints = typing.get_type_hints(cls)
         fields = [f for f in dataclasses.fields(cls) if names is None or f.name in names]
@@ -61,7 +120,7 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
             continue
         group = parser.add_argument_group(f"{section} options")
         for f in fields:
-            help_text = f"{f.metadata['help']} (default: {f.default})"
+            help_text = f"{f.metadata['help']} (default: {shown.get(f.name, f.default)})"
             kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
             if hints[f.name] is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
@@ -82,7 +141,7 @@ def section_from_args(cls: type, args: argparse.Namespace):
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
     """Preset (``--config``) or ``base``, then every flag the user gave on top."""
-    cfg = base if base is not None else load_config(getattr(args, "config", None) or "cpu-demo")
+    cfg = base if base is not None else load_config(getattr(args, "config", None) or DEFAULT_PRESET)
     owners = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in owners}
     return cfg.override(given) if given else cfg
@@ -138,6 +197,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def build_parser() -> Parser:
     parser = Parser(prog="fedit", description="Federated instruction tuning of LLMs with LoRA.",
                     epilog=EPILOG)
+    parser.add_argument("--version", action=VersionAction, help="show fedit's version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)

@@ -69,7 +69,7 @@ def add_parser(subparsers, add_config_flags, config_from_args) -> None:
                    help=f"judge sampling temperature (default {_J['temperature']})")
     j.add_argument("--judge-retries", type=int, default=_J["retries"],
                    help=f"retries of a failed verdict (default {_J['retries']})")
-    add_config_flags(p)
+    add_config_flags(p, preset=DEFAULT_PRESET)
     p.set_defaults(func=lambda args: cmd_experiment(args, config_from_args))
 
 
