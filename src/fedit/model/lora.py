@@ -15,7 +15,6 @@ import copy
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedit.errors import ConfigError, ModelError, UpdateError
+from fedit.fileio import apply_umask, make_temp_dir, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +166,12 @@ def save_adapter(model: peft.PeftModel, state: Mapping[str, torch.Tensor], out_d
         config.target_modules = sorted(config.target_modules)
     tensors = {k: v.detach().to(device="cpu", dtype=torch.float32).contiguous() for k, v in state.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temporaries(out.parent)
+    tmp = make_temp_dir(out)
     try:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        apply_umask(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -182,7 +184,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     if not dst.exists():
         os.replace(src, dst)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    old = make_temp_dir(dst, "old")
     os.replace(dst, old / dst.name)
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)

@@ -18,13 +18,13 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
 
 from fedit.errors import ModelError
+from fedit.fileio import apply_umask, make_temp_dir, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,13 @@ def _ensure_folder(target: Path, build: Callable[[Path], None], what: str) -> Pa
     with FileLock(str(target) + ".lock"):
         if (target / MARKER).is_file():  # another process finished it while we waited
             return target
+        remove_stale_temporaries(target.parent)  # what a killed conversion left
         log.info("converting %s once into %s; later loads use the cache", what, target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp = make_temp_dir(target)
         try:
             build(tmp)
             (tmp / MARKER).write_text(json.dumps({"source": what}) + "\n")
+            apply_umask(tmp)
             if target.exists():  # a folder without the marker is incomplete (edited or damaged)
                 shutil.rmtree(target)
             os.replace(tmp, target)
