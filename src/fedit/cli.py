@@ -147,16 +147,33 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     return cfg.override(given) if given else cfg
 
 
+def log_config(cfg: Config) -> None:
+    """The resolved config, once at the start: one short YAML line per section."""
+    import yaml
+
+    text = yaml.safe_dump(cfg.to_dict(), default_flow_style=None, sort_keys=False, width=96)
+    logger.info("resolved config:\n%s", text.rstrip())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
     from fedit.runners.rundir import RunDir
     from fedit.runners.simulation import run_simulation
+    from fedit.runners.summary import run_summary
 
     saved = RunDir(Path(args.out)).saved_config() if args.resume else None
+    if args.resume and saved is None:
+        raise FeditError(f"--resume: {args.out} holds no fedit run to resume (no config.yaml); "
+                         "drop --resume to start one")
     base = saved if saved is not None and args.config is None else None
     cfg = config_from_args(args, base)
-    logger.info("resolved config:\n%s", json.dumps(cfg.to_dict(), indent=None))
+    log_config(cfg)
+    start = time.perf_counter()
     with _progress() as progress:
         result = run_simulation(cfg, args.out, resume=args.resume, progress=progress)
+    for line in run_summary(result.history, result.run_dir, time.perf_counter() - start):
+        logger.info("%s", line)
     last = result.history[-1] if result.history else {}
     print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
                       "rounds": last.get("round"), "eval": last.get("eval", {}).get("overall")}))
@@ -178,19 +195,27 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_target(args: argparse.Namespace) -> tuple[Config, str | None]:
+    """The config and adapter of ``fedit eval``/``generate``: the run's (--run), else the default
+    preset's; flags on top; a lone --adapter brings its base model."""
+    from fedit.eval.cli_support import target
+
+    return target(args.run, args.adapter, config_from_args, args, DEFAULT_PRESET, model_given="model" in args)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from fedit.eval.cli_support import evaluate_model
 
-    cfg = config_from_args(args, Config())
-    print(json.dumps(evaluate_model(cfg, args.adapter), indent=2, default=float))
+    cfg, adapter = _eval_target(args)
+    print(json.dumps(evaluate_model(cfg, adapter), indent=2, default=float))
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from fedit.eval.cli_support import answer
 
-    cfg = config_from_args(args, Config())
-    print(answer(cfg, args.adapter, args.instruction, args.context, args.max_new_tokens))
+    cfg, adapter = _eval_target(args)
+    print(answer(cfg, adapter, args.instruction, args.context, args.max_new_tokens))
     return 0
 
 
@@ -222,8 +247,15 @@ def build_parser() -> Parser:
                             "shards_per_client", "max_client_records", "seed"])
     part.set_defaults(func=cmd_partition)
 
-    ev = sub.add_parser("eval", help="held-out loss/perplexity per category, as JSON", epilog=EPILOG)
-    ev.add_argument("--adapter", help="PEFT adapter folder (e.g. RUN/final); omit for the base model")
+    run_help = ("a run directory: its config.yaml gives the model, template, max length, test data and "
+                "records, and its final/ the adapter; flags override")
+    adapter_help = ("PEFT adapter folder (RUN/final, RUN/checkpoints/round_NNNN); its adapter_config.json names "
+                    "the base model unless --model or --run is given. Omit for the base model")
+    ev = sub.add_parser("eval", help="held-out loss/perplexity per category, as JSON", epilog=EPILOG,
+                        description="Held-out loss of a base model, an adapter or a run (--run), evaluated "
+                                    "as the run evaluates after every round.")
+    ev.add_argument("--run", help=run_help)
+    ev.add_argument("--adapter", help=adapter_help)
     add_config_flags(ev, ["model", "device", "precision", "test_data", "template", "max_len", "max_test_records",
                           "eval_batch_size", "seed"])
     ev.set_defaults(func=cmd_eval)
@@ -231,7 +263,8 @@ def build_parser() -> Parser:
     gen = sub.add_parser("generate", help="answer one instruction (greedy)", epilog=EPILOG)
     gen.add_argument("instruction", help="the instruction to answer")
     gen.add_argument("--context", default="", help="optional input/context for the instruction")
-    gen.add_argument("--adapter", help="PEFT adapter folder (e.g. RUN/final); omit for the base model")
+    gen.add_argument("--run", help=run_help)
+    gen.add_argument("--adapter", help=adapter_help)
     gen.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (default 128)")
     add_config_flags(gen, ["model", "device", "precision", "template"])
     gen.set_defaults(func=cmd_generate)
