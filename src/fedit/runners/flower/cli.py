@@ -103,12 +103,22 @@ def _local(sub, add_config_flags, config_from_args) -> None:
     add_config_flags(p)
 
     def run(args: argparse.Namespace) -> int:
+        import time
+
+        from fedit.cli import log_config
         from fedit.runners.flower.local import LocalOptions, deploy_local
+        from fedit.runners.rundir import RunDir
+        from fedit.runners.summary import run_summary
 
         cfg = config_from_args(args)
+        log_config(cfg)
         opts = LocalOptions(node_data=args.node_data, tls=args.tls, auth=args.auth, deploy=_deploy(args),
                             resume=args.resume, work_dir=args.work_dir)
+        start = time.perf_counter()
         result = deploy_local(cfg, Path(args.out), opts, echo=_echo)
+        history = [r for r in RunDir(result.run_dir).metrics.read() if r.get("type") == "round"]
+        for line in run_summary(history, result.run_dir, time.perf_counter() - start):
+            logger.info("%s", line)
         print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
                           "work_dir": str(result.work_dir)}))
         return 0
