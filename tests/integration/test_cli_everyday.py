@@ -222,6 +222,12 @@ def test_bad_numbers_are_one_line(tmp_path, fixtures_dir, cli, flags, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_too_many_clients_per_round_says_where_the_clients_came_from(tmp_path, fixtures_dir, cli):
+    code, err = cli(*run_args(fixtures_dir, tmp_path / "run"), "--clients-per-round", "4")
+    assert code == 2 and err.endswith(f"--clients-per-round: 4 is more than the 3 clients "
+                                      f"(the files of --data {fixtures_dir / 'tiny'})")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_device_cuda_without_cuda_writes_nothing(tmp_path, fixtures_dir, cli):
     code, err = cli(*run_args(fixtures_dir, tmp_path / "run"), "--device", "cuda")
