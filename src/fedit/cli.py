@@ -97,6 +97,7 @@ class VersionAction(argparse.Action):
         parser.exit(0)
 
 
+@functools.lru_cache(maxsize=8)
 def shown_defaults(preset: str | None) -> dict[str, str]:
     """The default each run-config flag really has when a command starts from ``preset``:
     the preset's value (and its name) where the preset sets the field, else the field's own."""
@@ -200,7 +201,8 @@ def _eval_target(args: argparse.Namespace) -> tuple[Config, str | None]:
     preset's; flags on top; a lone --adapter brings its base model."""
     from fedit.eval.cli_support import target
 
-    return target(args.run, args.adapter, config_from_args, args, DEFAULT_PRESET, model_given="model" in args)
+    return target(args.run, args.adapter, lambda base: config_from_args(args, base), DEFAULT_PRESET,
+                  model_given="model" in args)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_cli_run import cli, error_line, final_state, run_args  # noqa: F401  (cli is a fixture)
+from test_cli_run import cli, final_state, run_args  # noqa: F401  (cli is a fixture)
 
 from fedit.cli import main
 from fedit.runners import checkpoint as checkpoint_mod
@@ -86,7 +86,8 @@ def test_every_checkpoint_is_a_peft_adapter(run3):
         assert {"adapter_config.json", "adapter_model.safetensors", "state.pt"} <= {p.name for p in ckpt.iterdir()}
         res = subprocess.run([sys.executable, "-c", code, str(ckpt)], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-2000:]
-    a, b = final_state(out), checkpoint_mod.load_file(str(out / "checkpoints" / "round_0003" / "adapter_model.safetensors"))
+    last = out / "checkpoints" / "round_0003" / "adapter_model.safetensors"
+    a, b = final_state(out), checkpoint_mod.load_file(str(last))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -15,9 +15,9 @@ from fedit.model import load_adapter_state, set_adapter_state
 logger = logging.getLogger(__name__)
 
 
-def target(run: str | None, adapter: str | None, config_from_args: Callable, args: Any, preset: str, *,
+def target(run: str | None, adapter: str | None, with_flags: Callable[[Config], Config], preset: str, *,
            model_given: bool) -> tuple[Config, str | None]:
-    """(config, adapter) of ``fedit eval``/``generate``.
+    """(config, adapter) of ``fedit eval``/``generate``; ``with_flags`` applies the flags given.
 
     ``--run RUN``: RUN/config.yaml (model, template, max length, test data and records, seed)
     and RUN/final, so the loss is exactly the one the run logged for its last round. Otherwise
@@ -35,8 +35,8 @@ def target(run: str | None, adapter: str | None, config_from_args: Callable, arg
             if not (Path(adapter) / "adapter_config.json").is_file():
                 raise ConfigError(f"--run: {run} has no final adapter yet (the run has not finished); pass "
                                   f"--adapter {Path(run) / 'checkpoints'}/round_NNNN to use a checkpoint")
-        return config_from_args(args, saved), adapter
-    cfg = config_from_args(args, load_config(preset))
+        return with_flags(saved), adapter
+    cfg = with_flags(load_config(preset))
     if adapter is not None and not model_given:
         cfg = cfg.override({"model": adapter_base_model(Path(adapter))})
     return cfg, adapter

@@ -34,7 +34,7 @@ from fedit.experiment.tracking import ExperimentProgress, units
 from fedit.model import AdapterState, load_adapter_state, model_origin, save_adapter
 from fedit.progress import Progress
 from fedit.provenance import provenance
-from fedit.fileio import atomic_write_text
+from fedit.fileio import atomic_write_text, remove_stale_temporaries
 from fedit.runners.common import build_workbench, ensure_dir, load_clients, load_test
 from fedit.runners.simulation import Simulation
 from fedit.runners.summary import model_card
@@ -82,6 +82,8 @@ class Experiment:
             raise ConfigError(f"--out: {self.out} exists, is not empty and holds no fedit experiment; "
                               "choose another --out")
         (self.out / "systems").mkdir(parents=True, exist_ok=True)
+        for folder in (self.out, *(p for p in (self.out / "systems").iterdir() if p.is_dir())):
+            remove_stale_temporaries(folder)  # what an interrupted write left
         atomic_write_text(marker, json.dumps({"config": self.cfg.to_dict()}, indent=2) + "\n")
 
     # -- systems -----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from fedit.errors import CheckpointError
 from fedit.fileio import apply_umask, atomic_write_text, make_temp_dir
 from fedit.model import AdapterState
-from fedit.model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from fedit.model.lora import ADAPTER_WEIGHTS
 
 logger = logging.getLogger(__name__)
 

@@ -146,8 +146,12 @@ def _stop(sub) -> None:
         owner = running_owner(registry)
         if owner is not None:  # still running: SIGTERM makes it stop its own processes
             logger.info("fedit deploy local (pid %d) is still running: stopping it", owner)
-            os.kill(owner, signal.SIGTERM)
-            psutil.wait_procs([psutil.Process(owner)], timeout=60)
+            try:
+                proc = psutil.Process(owner)
+                proc.send_signal(signal.SIGTERM)
+                psutil.wait_procs([proc], timeout=60)
+            except psutil.NoSuchProcess:
+                pass
         stopped = stop_leftovers(registry)
         logger.info("stopped %d leftover process(es)", len(stopped))
         print(json.dumps({"owner_stopped": owner, "stopped": stopped}))
