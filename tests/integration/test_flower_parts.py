@@ -90,9 +90,11 @@ def test_cli_prints_flower_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
 # --- issue 7: everyday correctness ----------------------------------------------------------------
 
 def _error_line(stderr: str) -> str:
+    """The error a user sees: exactly one line, the last one, and no traceback before it."""
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in stderr, stderr
+    return errors[0]
 
 
 def test_deploy_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
