@@ -18,10 +18,13 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fedit.config import SECTIONS, Config, flag, load_config, preset_names
+from fedit.config import SECTIONS, Config, flag, load_config, preset_fields, preset_names
 from fedit.errors import FeditError
 
 logger = logging.getLogger("fedit")
+
+# The preset a command starts from when --config is not given (fedit experiment: cpu-small).
+DEFAULT_PRESET = "cpu-demo"
 
 # Modules that add a subcommand: each has add_parser(subparsers, add_config_flags, config_from_args).
 COMMAND_MODULES = ("fedit.experiment.cli", "fedit.runners.flower.cli", "fedit.chat_cli",
@@ -33,8 +36,25 @@ EPILOG = ("Data: --data dolly reads $FEDIT_DOLLY_DIR (a folder of Shepherd-style
           "tiny-random, a hub id, a local folder or a .gguf file.")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter without line breaks inside hyphenated words (``cpu-demo``, ``--lr``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The description as written (a command list), the flags' help wrapped as above."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (and the hint to --help) instead of the usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -51,10 +71,50 @@ def _field_type(hint: Any) -> Callable[[str], Any]:
     return base
 
 
+class VersionAction(argparse.Action):
+    """``fedit --version``: fedit's version and git revision, Python and the main libraries
+    (read only when asked: the git call costs a few milliseconds)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> typing.NoReturn:
+        import platform
+        from importlib import metadata
+
+        from fedit.provenance import git_revision
+
+        def version(dist: str) -> str:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                return "not installed"
+
+        rev = git_revision()
+        libs = ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "peft", "flwr"))
+        print(f"fedit {version('fedit')}{f' (git {rev})' if rev else ''}\n"
+              f"python {platform.python_version()}, {libs}")
+        parser.exit(0)
+
+
+@functools.lru_cache(maxsize=8)
+def shown_defaults(preset: str | None) -> dict[str, str]:
+    """The default each run-config flag really has when a command starts from ``preset``:
+    the preset's value (and its name) where the preset sets the field, else the field's own."""
+    if preset is None:
+        return {}
+    cfg, own = load_config(preset).flat(), preset_fields(preset)
+    return {name: f"{value}, from preset {preset}" if name in own else f"{value}"
+            for name, value in cfg.items()}
+
+
 def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None,
-                     sections: dict[str, type] | None = None) -> None:
+                     sections: dict[str, type] | None = None, preset: str | None = DEFAULT_PRESET) -> None:
     """One flag per config field (all fields, or just ``names``), grouped by section; ``sections``
-    defaults to the run config's (fedit.config.SECTIONS)."""
+    defaults to the run config's (fedit.config.SECTIONS). ``--help`` shows the defaults of
+    ``preset``, the preset the command starts from without --config (None: the fields' own)."""
+    shown = shown_defaults(preset) if sections is None else {}
     for section, cls in (SECTIONS if sections is None else sections).items():
         hints = typing.get_type_hints(cls)
         fields = [f for f in dataclasses.fields(cls) if names is None or f.name in names]
@@ -62,7 +122,7 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
             continue
         group = parser.add_argument_group(f"{section} options")
         for f in fields:
-            help_text = f"{f.metadata['help']} (default: {f.default})"
+            help_text = f"{f.metadata['help']} (default: {shown.get(f.name, f.default)})"
             kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
             if hints[f.name] is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
@@ -83,22 +143,39 @@ def section_from_args(cls: type, args: argparse.Namespace):
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
     """Preset (``--config``) or ``base``, then every flag the user gave on top."""
-    cfg = base if base is not None else load_config(getattr(args, "config", None) or "cpu-demo")
+    cfg = base if base is not None else load_config(getattr(args, "config", None) or DEFAULT_PRESET)
     owners = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in owners}
     return cfg.override(given) if given else cfg
 
 
+def log_config(cfg: Config) -> None:
+    """The resolved config, once at the start: one short YAML line per section."""
+    import yaml
+
+    text = yaml.safe_dump(cfg.to_dict(), default_flow_style=None, sort_keys=False, width=96)
+    logger.info("resolved config:\n%s", text.rstrip())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
     from fedit.runners.rundir import RunDir
     from fedit.runners.simulation import run_simulation
+    from fedit.runners.summary import run_summary
 
     saved = RunDir(Path(args.out)).saved_config() if args.resume else None
+    if args.resume and saved is None:
+        raise FeditError(f"--resume: {args.out} holds no fedit run to resume (no config.yaml); "
+                         "drop --resume to start one")
     base = saved if saved is not None and args.config is None else None
     cfg = config_from_args(args, base)
-    logger.info("resolved config:\n%s", json.dumps(cfg.to_dict(), indent=None))
+    log_config(cfg)
+    start = time.perf_counter()
     with _progress() as progress:
         result = run_simulation(cfg, args.out, resume=args.resume, progress=progress)
+    for line in run_summary(result.history, result.run_dir, time.perf_counter() - start):
+        logger.info("%s", line)
     last = result.history[-1] if result.history else {}
     print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
                       "rounds": last.get("round"), "eval": last.get("eval", {}).get("overall")}))
@@ -120,11 +197,20 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_target(args: argparse.Namespace) -> tuple[Config, str | None]:
+    """The config and adapter of ``fedit eval``/``generate``: the run's (--run), else the default
+    preset's; flags on top; a lone --adapter brings its base model."""
+    from fedit.eval.cli_support import target
+
+    return target(args.run, args.adapter, lambda base: config_from_args(args, base), DEFAULT_PRESET,
+                  model_given="model" in args)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from fedit.eval.cli_support import evaluate_model
 
-    cfg = config_from_args(args, Config())
-    print(json.dumps(evaluate_model(cfg, args.adapter), indent=2, default=float))
+    cfg, adapter = _eval_target(args)
+    print(json.dumps(evaluate_model(cfg, adapter), indent=2, default=float))
     return 0
 
 
@@ -137,6 +223,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def build_parser() -> Parser:
     parser = Parser(prog="fedit", description="Federated instruction tuning of LLMs with LoRA.",
                     epilog=EPILOG)
+    parser.add_argument("--version", action=VersionAction, help="show fedit's version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -161,8 +248,15 @@ def build_parser() -> Parser:
                             "shards_per_client", "max_client_records", "seed", "columns"])
     part.set_defaults(func=cmd_partition)
 
-    ev = sub.add_parser("eval", help="held-out loss/perplexity per category, as JSON", epilog=EPILOG)
-    ev.add_argument("--adapter", help="PEFT adapter folder (e.g. RUN/final); omit for the base model")
+    run_help = ("a run directory: its config.yaml gives the model, template, max length, test data and "
+                "records, and its final/ the adapter; flags override")
+    adapter_help = ("PEFT adapter folder (RUN/final, RUN/checkpoints/round_NNNN); its adapter_config.json names "
+                    "the base model unless --model or --run is given. Omit for the base model")
+    ev = sub.add_parser("eval", help="held-out loss/perplexity per category, as JSON", epilog=EPILOG,
+                        description="Held-out loss of a base model, an adapter or a run (--run), evaluated "
+                                    "as the run evaluates after every round.")
+    ev.add_argument("--run", help=run_help)
+    ev.add_argument("--adapter", help=adapter_help)
     add_config_flags(ev, ["model", "device", "precision", "test_data", "template", "max_len", "max_test_records",
                           "eval_batch_size", "seed", "columns"])
     ev.set_defaults(func=cmd_eval)

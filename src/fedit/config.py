@@ -8,6 +8,7 @@ can always name the flag to fix. Presets are YAML files with the same nested lay
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ class _Section:
                 ok = isinstance(value, allowed)
             names = "/".join(a.__name__ for a in allowed)
             _require(ok, f.name, f"expected {names}, got {value!r}")
+            if isinstance(value, float):  # inf/nan pass every comparison-based check below
+                _require(math.isfinite(value), f.name, f"must be a finite number, got {value}")
             choices = f.metadata.get("choices")
             if choices:
                 _require(value in choices, f.name, f"{value!r} is not one of {', '.join(choices)}")
@@ -139,7 +142,8 @@ class DataConfig(_Section):
                      "file or a folder of them")
     test_data: str | None = _opt("dolly:test", "held-out data for central evaluation (none to skip)")
     template: str = _opt("chat", "prompt format: the model's chat template or Alpaca", TEMPLATE_NAMES)
-    train_on_prompt: bool = _opt(False, "also train on prompt tokens (default: response only)")
+    train_on_prompt: bool = _opt(False, "also train on prompt tokens (otherwise the loss is on the "
+                                  "response tokens only)")
     max_len: int = _opt(512, "max tokens per example; the context is cut first, never the whole response")
     partition: str = _opt("dirichlet", "how records are split over clients: iid, dirichlet, shards, files "
                           "(one client per file) or by-field:FIELD (one client per value of a record field)")
@@ -235,16 +239,18 @@ class FederationConfig(_Section):
         _require(self.server_lr > 0, "server_lr", f"must be positive, got {self.server_lr}")
         _require(0 <= self.server_momentum < 1, "server_momentum",
                  f"must be in [0, 1), got {self.server_momentum}")
+        _require(0 <= self.seed < 2**63, "seed", f"must be in [0, 2**63), got {self.seed}")
         _require(self.eval_batch_size >= 1, "eval_batch_size", f"must be at least 1, got {self.eval_batch_size}")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints",
                  f"must be at least 1, got {self.keep_checkpoints}")
 
-    def clients_to_sample(self, num_clients: int) -> int:
-        """How many clients one round samples, given how many exist."""
+    def clients_to_sample(self, num_clients: int, source: str = "--num-clients") -> int:
+        """How many clients one round samples, given how many exist; ``source`` says where that
+        count came from (--num-clients, the files of --data, the --node-data list...)."""
         if self.fraction is not None:
             return max(1, round(self.fraction * num_clients))
         _require(self.clients_per_round <= num_clients, "clients_per_round",
-                 f"{self.clients_per_round} is more than the {num_clients} clients (--num-clients)")
+                 f"{self.clients_per_round} is more than the {num_clients} clients ({source})")
         return self.clients_per_round
 
 
@@ -461,6 +467,18 @@ def load_config(spec: str | None) -> Config:
     """Load a preset by name (``cpu-demo``, ``paper``...) or a YAML file path; None = defaults."""
     if spec is None:
         return Config()
+    data, origin = _read_config(spec)
+    return Config.from_dict(data, origin)
+
+
+def preset_fields(spec: str) -> set[str]:
+    """The field names a preset (or YAML file) sets itself; the others keep their defaults."""
+    data, _ = _read_config(spec)
+    return {key for values in data.values() if isinstance(values, dict) for key in values}
+
+
+def _read_config(spec: str) -> tuple[Any, str]:
+    """The parsed YAML of a preset or file, and its name for error messages."""
     path = Path(spec)
     if not path.suffix and spec in preset_names():
         text = resources.files("fedit").joinpath(PRESET_DIR, f"{spec}.yaml").read_text()
@@ -475,7 +493,7 @@ def load_config(spec: str | None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{origin}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return Config.from_dict(data, origin)
+    return data, origin
 
 
 def dump_config(cfg: Config) -> str:

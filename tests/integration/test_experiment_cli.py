@@ -114,3 +114,16 @@ def test_judge_on_a_vicuna_style_question_file(experiment, judge_server, tmp_pat
     assert all(p["verdicts"] == 4 for p in judge["pairs"].values())
     answers = json.loads((experiment / "systems" / "base" / "judge_answers.json").read_text())["answers"]
     assert len(answers) == 2
+
+
+def test_adapters_carry_tokenizer_and_card_and_results_their_provenance(experiment):
+    """issue 7: every adapter loads with its tokenizer; results.json says what made it."""
+    from transformers import AutoTokenizer
+
+    for name in ("local-1", "centralized"):
+        folder = experiment / "systems" / name / "adapter"
+        assert AutoTokenizer.from_pretrained(folder).chat_template
+        assert f"System {name} of a fedit experiment" in (folder / "README.md").read_text()
+    assert AutoTokenizer.from_pretrained(experiment / "systems" / "fedit" / "final").chat_template
+    prov = json.loads((experiment / "results.json").read_text())["provenance"]
+    assert prov["fedit"] and "torch" in prov["libraries"] and prov["model"]["name"] == "tiny-random"

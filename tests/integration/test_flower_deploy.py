@@ -157,3 +157,57 @@ def test_node_dying_mid_round_costs_only_its_update(tmp_path: Path) -> None:
     assert len(last["dropped"]) == 1 and last["dropped"][0].startswith("client 2")
     assert (out / "final" / "adapter_model.safetensors").is_file()
     _assert_all_stopped(result.work_dir)
+
+
+def _flower_processes(flwr_home: Path) -> list[psutil.Process]:
+    """Processes whose environment names this deployment's FLWR_HOME (ours, whoever started them)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("FLWR_HOME") == str(flwr_home):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_kill_9_of_deploy_local_leaves_a_record_that_deploy_stop_cleans_up(tmp_path: Path) -> None:
+    """`kill -9` of `fedit deploy local`: its SuperLink and SuperNodes keep running, but pids.json
+    already lists them, and `fedit deploy stop` stops every one of them (and nothing else)."""
+    out, work = tmp_path / "dep", tmp_path / "dep.flower"
+    nodes = [str(p) for p in sorted(TINY.glob("client_*.json"))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    deploy = subprocess.Popen(FEDIT + ["deploy", "local", "--node-data", *nodes, "--clients-per-round", "2",
+                                       "--out", str(out), *JOB, "--rounds", "50"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        names: set[str] = set()
+        deadline = time.monotonic() + 240
+        while not {"superlink", "supernode-0", "supernode-1", "supernode-2", "flwr-run"} <= names:
+            assert time.monotonic() < deadline and deploy.poll() is None, "deploy local did not start"
+            time.sleep(0.5)
+            try:
+                names = {p["name"] for p in json.loads((work / "pids.json").read_text())["processes"]}
+            except (OSError, ValueError, KeyError):
+                pass
+        os.kill(deploy.pid, 9)
+        deploy.wait(10)
+        record = json.loads((work / "pids.json").read_text())
+        assert alive([p["pid"] for p in record["processes"]])           # left running: the bug being fixed
+        done = subprocess.run(FEDIT + ["deploy", "stop", "--out", str(out)], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        stopped = json.loads(done.stdout)["stopped"]
+        assert {p["pid"] for p in record["processes"] if p["name"] == "superlink"} <= set(stopped)
+        assert alive([p["pid"] for p in json.loads((work / "pids.json").read_text())["processes"]]) == []
+        assert _flower_processes(work / "flwr-home") == []
+        assert bystander.poll() is None                                   # nothing else was touched
+    finally:
+        for proc in (deploy, bystander):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for proc in _flower_processes(work / "flwr-home"):               # a failed test must not leak
+            proc.kill()

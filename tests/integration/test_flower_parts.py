@@ -85,3 +85,180 @@ def test_cli_prints_flower_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["deploy", "app", str(tmp_path / "app"), "--out", str(tmp_path / "run"),
                  "--model", "tiny-random"]) == 0
     assert "[tool.flwr.app.components]" in (tmp_path / "app" / "app" / "pyproject.toml").read_text()
+
+
+# --- issue 7: everyday correctness ----------------------------------------------------------------
+
+def _error_line(stderr: str) -> str:
+    """The error a user sees: exactly one line, the last one, and no traceback before it."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+def test_deploy_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["deploy", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "`" not in out and "local" in out and "SuperLink" in out
+
+
+def test_node_keys_are_created_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The private key is 0600 from its first byte: never written 0644 and chmod-ed afterwards."""
+    import os
+    import stat
+
+    from fedit.runners.flower import security
+
+    def no_chmod(*args, **kwargs):
+        raise AssertionError("a key file was created with the wrong mode and fixed afterwards")
+
+    monkeypatch.setattr(security.os, "chmod", no_chmod)
+    old = os.umask(0o022)
+    try:
+        private, public = make_node_key(tmp_path / "node")
+        files = make_tls(tmp_path / "tls")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and stat.S_IMODE(files.server_key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    make_tls(tmp_path / "tls")   # a second call replaces the files, still 0600
+    assert stat.S_IMODE(files.server_key.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--min-nodes", "0"], "--min-nodes: must be at least 1, got 0"),
+    (["--round-timeout", "-1"], "--round-timeout: must be >= 0 (0: no limit), got -1.0"),
+    (["--device", "cuda"], "--device cuda: no CUDA device is available (use --device cpu or auto)"),
+    (["--model", "./no/such/model"], "--model ./no/such/model: no such file or folder"),
+    (["--resume"], "holds no fedit run to resume"),
+])
+def test_deploy_local_validates_before_starting_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         flags: list[str], message: str) -> None:
+    if flags == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    tiny = Path(__file__).resolve().parents[1] / "fixtures" / "tiny"
+    out = tmp_path / "run"
+    code = main(["deploy", "local", "--out", str(out), "--model", "tiny-random", "--partition", "files",
+                 "--clients-per-round", "1", "--node-data", str(tiny / "client_0.json"), *flags])
+    assert code == 2
+    assert message in _error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []          # no run directory, no work folder, no process
+
+
+def test_repeated_node_data_flags_add_files(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedit.runners.flower import local
+
+    seen = {}
+
+    def fake_deploy(cfg, out, opts, echo=None):
+        seen["nodes"] = [p.name for p in opts.node_data]
+        raise local.FeditError("stop here")
+
+    monkeypatch.setattr(local, "deploy_local", fake_deploy)
+    tiny = Path(__file__).resolve().parents[1] / "fixtures" / "tiny"
+    args = ["deploy", "local", "--out", str(tmp_path / "run"), "--model", "tiny-random", "--partition", "files",
+            "--clients-per-round", "2"]
+    assert main([*args, "--node-data", str(tiny / "client_0.json"), "--node-data", str(tiny / "client_1.json"),
+                 str(tiny / "client_2.json")]) == 2
+    assert seen["nodes"] == ["client_0.json", "client_1.json", "client_2.json"]
+    capsys.readouterr()
+    monkeypatch.undo()
+    assert main([*args, "--clients-per-round", "3", "--node-data", str(tiny / "client_0.json"),
+                 "--node-data", str(tiny / "client_1.json")]) == 2
+    assert _error_line(capsys.readouterr().err).endswith(
+        "--clients-per-round: 3 is more than the 2 clients (the --node-data list)")
+
+
+def _sleeper() -> "subprocess.Popen":
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+
+
+def test_leftovers_are_stopped_only_when_proved_ours(tmp_path: Path) -> None:
+    """A registry entry is stopped only if pid, create time and command line all match."""
+    import json
+
+    import psutil
+
+    from fedit.runners.flower.processes import ProcessGroup, stop_leftovers
+
+    ours, reused, other_cmd = _sleeper(), _sleeper(), _sleeper()
+    try:
+        registry = tmp_path / "pids.json"
+        group = ProcessGroup(registry)
+        for name, proc in (("superlink", ours), ("supernode-0", reused), ("supernode-1", other_cmd)):
+            group.adopt(name, proc)
+        data = json.loads(registry.read_text())
+        assert [p["pid"] for p in data["processes"]] == [ours.pid, reused.pid, other_cmd.pid]
+        data["processes"][1]["create_time"] -= 5.0            # the PID now belongs to another process
+        data["processes"][2]["cmdline"] = ["flower-superlink"]  # ... or runs another command
+        registry.write_text(json.dumps(data))
+        stopped = stop_leftovers(registry)
+        assert stopped == [ours.pid]
+        assert ours.wait(10) is not None
+        assert psutil.pid_exists(reused.pid) and reused.poll() is None and other_cmd.poll() is None
+        assert stop_leftovers(registry) == []                   # nothing more to stop, ever
+    finally:
+        for proc in (ours, reused, other_cmd):
+            proc.kill()
+            proc.wait()
+
+
+def test_next_deploy_local_stops_what_a_killed_one_left(tmp_path: Path) -> None:
+    from fedit.runners.flower.local import LocalFederation, LocalOptions, registry_file
+    from fedit.runners.flower.processes import ProcessGroup
+
+    fed = LocalFederation(load_config("cpu-demo").override({"model": "tiny-random", "clients_per_round": 1}),
+                          tmp_path / "run",
+                          LocalOptions(node_data=[tmp_path / "a.json"]))
+    leftover, stranger = _sleeper(), _sleeper()
+    try:
+        ProcessGroup(registry_file(fed.work)).adopt("superlink", leftover)   # what the killed run recorded
+        fed._prepare()
+        assert leftover.wait(10) is not None and stranger.poll() is None
+    finally:
+        for proc in (leftover, stranger):
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_to_deploy_superlink_stops_the_superlink(tmp_path: Path) -> None:
+    """`fedit deploy superlink` runs flower-superlink in a session of its own: SIGTERM to fedit
+    must stop it too (Python's default SIGTERM would end fedit and leave the SuperLink running)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from fedit.runners.flower.processes import free_port
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "fedit.cli", "deploy", "superlink", "--insecure",
+                             "--host", "127.0.0.1", "--port", str(free_port()), "--flwr-home", str(tmp_path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    link = None
+    try:
+        deadline, children = time.monotonic() + 60, []
+        while not children and time.monotonic() < deadline:
+            time.sleep(0.2)
+            children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "flower-superlink did not start"
+        link = children[0]
+        assert "flower-superlink" in " ".join(link.cmdline())
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 130
+        gone, alive_ = psutil.wait_procs([link], timeout=20)
+        assert not alive_, f"flower-superlink (pid {link.pid}) still runs after SIGTERM to fedit"
+    finally:
+        proc.kill()
+        proc.wait()
+        if link is not None and link.is_running():   # the very process seen above, never by name
+            link.kill()

@@ -85,3 +85,78 @@ def test_deploy_settings_are_validated_with_their_flag():
         DeployConfig(round_timeout=-1.0)
     assert DeployConfig(min_nodes=2).nodes_to_wait_for == 2
     assert DeployConfig(min_nodes=2, wait_nodes=5).nodes_to_wait_for == 5
+
+
+# --- issue 7: everyday correctness --------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr": float("inf")}, "--lr: must be a finite number, got inf"),
+    ({"lr": float("nan")}, "--lr: must be a finite number, got nan"),
+    ({"alpha": float("inf")}, "--alpha: must be a finite number, got inf"),
+    ({"seed": -1}, "--seed: must be in [0, 2**63), got -1"),
+    ({"seed": 2**63}, f"--seed: must be in [0, 2**63), got {2**63}"),
+])
+def test_non_finite_floats_and_out_of_range_seeds_are_refused(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        Config().override(overrides)
+    assert str(err.value) == message
+
+
+def test_largest_seed_is_accepted():
+    assert Config().override({"seed": 2**63 - 1}).federation.seed == 2**63 - 1
+
+
+def test_too_many_clients_per_round_names_where_the_clients_came_from():
+    cfg = Config().override({"clients_per_round": 3, "num_clients": 10})
+    with pytest.raises(ConfigError, match=r"^--clients-per-round: 3 is more than the 2 clients "
+                                          r"\(the files of --data x/\)$"):
+        cfg.federation.clients_to_sample(2, "the files of --data x/")
+    with pytest.raises(ConfigError, match=r"^--clients-per-round: 20 is more than the 10 clients \(--num-clients\)$"):
+        Config().override({"clients_per_round": 20, "num_clients": 10})
+
+
+def test_help_shows_the_preset_defaults_the_command_uses(capsys):
+    from fedit.cli import main
+
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    demo = load_config("cpu-demo")
+    assert demo.federation.rounds == 3 and demo.train.lr == 3e-4
+    assert "federated rounds (default: 3, from preset cpu-demo)" in text
+    assert "(default: 0.0003, from preset cpu-demo)" in text
+    assert "(default: 256, from preset cpu-demo)" in text
+    assert "(default: 1.0)" in text                      # --grad-clip: the preset does not set it
+    start = text.index("--train-on-prompt, --no-train-on-prompt")
+    prompt_help = text[start:text.index("--max-len", start)]
+    assert prompt_help.count("(default: False)") == 1    # --train-on-prompt's default, once
+    assert "(default: response only)" not in text
+    assert main(["experiment", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "federated rounds (default: 5, from preset cpu-small)" in text
+    assert main(["deploy", "local", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "federated rounds (default: 3, from preset cpu-demo)" in text
+
+
+def test_readme_flag_table_matches_the_default_preset():
+    """The README's table of main flags shows what a bare `fedit run` uses (preset cpu-demo)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in readme.splitlines() if line.startswith("| `--")}
+    demo = load_config("cpu-demo")
+    assert rows["`--lr`, `--batch-size`, `--micro-batch-size`"] == \
+        f"{demo.train.lr:g}, {demo.train.batch_size}, {demo.train.micro_batch_size}"
+    assert rows["`--rounds`, `--clients-per-round` / `--fraction`"] == \
+        f"{demo.federation.rounds}, {demo.federation.clients_per_round}"
+    assert rows["`--local-epochs` / `--local-steps`"] == f"{demo.train.local_epochs:g} / {demo.train.local_steps}"
+    assert rows["`--template`, `--train-on-prompt`, `--max-len`"] == f"chat, off, {demo.data.max_len}"
+    assert rows["`--num-clients`, `--partition`"] == f"{demo.data.num_clients}, {demo.data.partition}"
+
+
+def test_version_flag(capsys):
+    from fedit.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("fedit ")

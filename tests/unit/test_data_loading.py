@@ -236,3 +236,32 @@ def test_real_dolly_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     test, report = load_source("dolly:test")
     assert len(test) == report.n_kept == 80
     assert not set(train) & set(test)
+
+
+# ---- issue 7: inputs that escaped -------------------------------------------------------------------
+
+def test_empty_or_whitespace_instructions_are_dropped_and_counted(tmp_path: Path) -> None:
+    write_json(tmp_path / "a.json", [rec("q1"), rec(""), rec(" \t\n"), rec("q2", response=" ")])
+    examples, report = load_examples(tmp_path)
+    assert [e.instruction for e in examples] == ["q1"]
+    assert (report.n_records, report.n_empty_instruction, report.n_empty_response, report.n_kept) == (4, 2, 1, 1)
+    assert report.summary() == ("1 examples from 1 file(s) (4 records read, 0 duplicates, 1 empty responses "
+                                "and 2 empty instructions dropped)")
+    only_empty = write_json(tmp_path / "b.json", [rec("  ")])
+    assert error_of(only_empty).startswith(f"{only_empty}: no usable records")
+
+
+@pytest.mark.parametrize("name", ["deep.json", "deep.jsonl"])
+def test_deeply_nested_json_is_one_line_error(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    assert error_of(path) == f"{path}: record nesting too deep to parse (is this an instruction data file?)"
+
+
+def test_named_pipe_is_refused_without_reading(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "data.jsonl"
+    os.mkfifo(fifo)   # reading it would block forever: nobody writes
+    assert error_of(fifo) == f"{fifo}: not a regular file (a pipe, device or socket cannot be --data)"
+    assert error_of(Path("/dev/null.json")).endswith("no such file or folder")

@@ -86,11 +86,16 @@ class LoadReport:
     n_duplicates: int
     n_empty_response: int
     n_kept: int
+    n_empty_instruction: int = 0
 
     def summary(self) -> str:
         """One line for the log."""
+        dropped = f"{self.n_duplicates} duplicates and {self.n_empty_response} empty responses"
+        if self.n_empty_instruction:
+            dropped = (f"{self.n_duplicates} duplicates, {self.n_empty_response} empty responses and "
+                       f"{self.n_empty_instruction} empty instructions")
         return (f"{self.n_kept} examples from {len(self.files)} file(s) ({self.n_records} records read, "
-                f"{self.n_duplicates} duplicates and {self.n_empty_response} empty responses dropped)")
+                f"{dropped} dropped)")
 
 
 def natural_sort_key(name: str) -> tuple[Any, ...]:
@@ -173,6 +178,10 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read file ({exc.strerror})") from None
 
 
+def _too_deep(path: Path) -> DataError:
+    return DataError(f"{path}: record nesting too deep to parse (is this an instruction data file?)")
+
+
 def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(where, raw record)`` for each record of a .json array or a .jsonl file."""
     text = _read_text(path)
@@ -186,10 +195,14 @@ def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {lineno}, column {exc.colno}: invalid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise _too_deep(path) from None
             yield f"{path}: record {number} (line {lineno})", record
         return
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise _too_deep(path) from None
     except json.JSONDecodeError as exc:
         hint = "; JSON Lines files must be named .jsonl" if exc.msg == "Extra data" else ""
         raise DataError(f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg}){hint}") from None
@@ -211,6 +224,8 @@ def _files_at(path: Path) -> list[Path]:
         if not files:
             raise DataError(f"{path}: no .json or .jsonl files in folder")
         return sorted(files, key=lambda p: natural_sort_key(p.name))
+    if not path.is_file():  # reading a FIFO would block forever, a device never ends
+        raise DataError(f"{path}: not a regular file (a pipe, device or socket cannot be --data)")
     if path.suffix.lower() not in _SUFFIXES:
         raise DataError(f"{path}: expected a .json or .jsonl file, or a folder of them")
     return [path]
@@ -218,21 +233,23 @@ def _files_at(path: Path) -> list[Path]:
 
 def _filter(examples: Iterable[Example], files: list[str], label: str, *, dedupe: bool,
             exclude: frozenset[Example] = frozenset()) -> tuple[list[Example], LoadReport]:
-    """Drop empty responses and (if ``dedupe``) exact duplicates, keeping order; ``exclude``
-    counts as already seen (keeps held-out records out of training)."""
+    """Drop empty instructions, empty responses and (if ``dedupe``) exact duplicates, keeping
+    order; ``exclude`` counts as already seen (keeps held-out records out of training)."""
     kept: list[Example] = []
     seen: set[Example] = set()
-    n_records = n_duplicates = n_empty = 0
+    n_records = n_duplicates = n_empty = n_no_instruction = 0
     for example in examples:
         n_records += 1
-        if not example.response.strip():
+        if not example.instruction.strip():
+            n_no_instruction += 1
+        elif not example.response.strip():
             n_empty += 1
         elif example in exclude or (dedupe and example in seen):
             n_duplicates += 1
         else:
             seen.add(example)
             kept.append(example)
-    report = LoadReport(files, n_records, n_duplicates, n_empty, len(kept))
+    report = LoadReport(files, n_records, n_duplicates, n_empty, len(kept), n_no_instruction)
     if not kept:
         raise DataError(f"{label}: no usable records ({report.summary()})")
     logger.debug("%s: %s", label, report.summary())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fedit.config import Config
 from fedit.errors import ConfigError
@@ -12,6 +13,51 @@ from fedit.eval.generate import generate_answers
 from fedit.model import load_adapter_state, set_adapter_state
 
 logger = logging.getLogger(__name__)
+
+
+def target(run: str | None, adapter: str | None, with_flags: Callable[[Config], Config], preset: str, *,
+           model_given: bool) -> tuple[Config, str | None]:
+    """(config, adapter) of ``fedit eval``/``generate``; ``with_flags`` applies the flags given.
+
+    ``--run RUN``: RUN/config.yaml (model, template, max length, test data and records, seed)
+    and RUN/final, so the loss is exactly the one the run logged for its last round. Otherwise
+    the default preset; a lone ``--adapter`` brings its base model from adapter_config.json.
+    """
+    from fedit.config import load_config
+    from fedit.runners.rundir import RunDir
+
+    if run is not None:
+        saved = RunDir(Path(run)).saved_config()
+        if saved is None:
+            raise ConfigError(f"--run: {run} holds no fedit run (no config.yaml)")
+        if adapter is None:
+            adapter = str(Path(run) / "final")
+            if not (Path(adapter) / "adapter_config.json").is_file():
+                raise ConfigError(f"--run: {run} has no final adapter yet (the run has not finished); pass "
+                                  f"--adapter {Path(run) / 'checkpoints'}/round_NNNN to use a checkpoint")
+        return with_flags(saved), adapter
+    cfg = with_flags(load_config(preset))
+    if adapter is not None and not model_given:
+        cfg = cfg.override({"model": adapter_base_model(Path(adapter))})
+    return cfg, adapter
+
+
+def adapter_base_model(path: Path) -> str:
+    """The base model an adapter folder names (``base_model_name_or_path``), checked to exist."""
+    meta_file = path / "adapter_config.json"
+    if not meta_file.is_file():
+        raise ConfigError(f"--adapter: {path} is not a PEFT adapter folder (no adapter_config.json)")
+    try:
+        base = json.loads(meta_file.read_text()).get("base_model_name_or_path")
+    except ValueError as exc:
+        raise ConfigError(f"--adapter: {meta_file} is not valid JSON ({exc})") from None
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"--adapter: {meta_file} names no base model (base_model_name_or_path); pass --model")
+    looks_like_path = base.startswith(("/", "~", ".")) or base.count("/") > 1  # else a hub id: org/name
+    if looks_like_path and not Path(base).expanduser().is_dir():
+        raise ConfigError(f"--adapter: its base model {base} (base_model_name_or_path in {meta_file}) is missing; "
+                          "pass --model with the base model it was trained on")
+    return base
 
 
 def _adapted_workbench(cfg: Config, adapter: str | None):
@@ -30,8 +76,6 @@ def _adapted_workbench(cfg: Config, adapter: str | None):
 
 
 def _lora_settings(path: Path) -> dict[str, Any]:
-    import json
-
     meta = json.loads((path / "adapter_config.json").read_text())
     targets = meta.get("target_modules")
     if isinstance(targets, list):

@@ -69,7 +69,7 @@ def add_parser(subparsers, add_config_flags, config_from_args) -> None:
                    help=f"judge sampling temperature (default {_J['temperature']})")
     j.add_argument("--judge-retries", type=int, default=_J["retries"],
                    help=f"retries of a failed verdict (default {_J['retries']})")
-    add_config_flags(p)
+    add_config_flags(p, preset=DEFAULT_PRESET)
     p.set_defaults(func=lambda args: cmd_experiment(args, config_from_args))
 
 
@@ -97,7 +97,9 @@ def cmd_experiment(args: argparse.Namespace, config_from_args) -> int:
 
     settings = settings_from_args(args)
     cfg = config_from_args(args, load_config(args.config or DEFAULT_PRESET))
-    logger.info("resolved config:\n%s", json.dumps(cfg.to_dict(), indent=None))
+    from fedit.cli import log_config
+
+    log_config(cfg)
     with _progress() as progress:
         summary = run_experiment(cfg, settings, args.out, progress=progress)
     print(json.dumps(summary, indent=2, default=float))

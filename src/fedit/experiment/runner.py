@@ -31,12 +31,14 @@ from fedit.experiment.settings import ExperimentSettings
 from fedit.experiment.systems import (SystemSpec, budget_rule, choose_local_clients, plan_systems,
                                       spec_record)
 from fedit.experiment.tracking import ExperimentProgress, units
-from fedit.model import AdapterState, load_adapter_state, save_adapter
+from fedit.model import AdapterState, load_adapter_state, model_origin, save_adapter
 from fedit.progress import Progress
-from fedit.fileio import atomic_write_text
+from fedit.provenance import provenance
+from fedit.fileio import atomic_write_text, remove_stale_temporaries
 from fedit.runners.common import build_workbench, ensure_dir, load_clients, load_test
 from fedit.runners.simulation import Simulation
 from fedit.server import check_methods
+from fedit.runners.summary import model_card
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class Experiment:
             raise ConfigError(f"--out: {self.out} exists, is not empty and holds no fedit experiment; "
                               "choose another --out")
         (self.out / "systems").mkdir(parents=True, exist_ok=True)
+        for folder in (self.out, *(p for p in (self.out / "systems").iterdir() if p.is_dir())):
+            remove_stale_temporaries(folder)  # what an interrupted write left
         atomic_write_text(marker, json.dumps({"config": self.cfg.to_dict()}, indent=2) + "\n")
 
     # -- systems -----------------------------------------------------------------------------
@@ -151,7 +155,11 @@ class Experiment:
             update, _ = run_job(self.bench.trainer, job, examples, self.cfg.train, seed=self.cfg.federation.seed,
                                 on_step=lambda step, total, loss: bar.advance(loss=loss))
         train = {"spec": spec_record(spec), "examples": len(examples), **update.metrics}
-        save_adapter(self.bench.model, update.state, adapter_dir, self.bench.base.path)
+        card = model_card(self.cfg.model.model, [f"System {spec.name} of a fedit experiment: {spec.describe()} "
+                                                 f"(batch {self.cfg.train.batch_size}, lr {self.cfg.train.lr:g})"],
+                          model_origin(self.cfg.model.model, self.bench.base.path), adapter_dir)
+        save_adapter(self.bench.model, update.state, adapter_dir, self.bench.base.path,
+                     tokenizer=self.bench.tokenizer, card=card)
         atomic_write_text(stored, json.dumps(train, indent=1, default=float) + "\n")
         return update.state, train, None
 
@@ -198,7 +206,8 @@ class Experiment:
             if result is not None:
                 systems[spec.name] = result
         return {"systems": systems, "settings": self.settings_record(),
-                "local_clients": {s.name: s.client for s in self.specs if s.kind == "local"}}
+                "local_clients": {s.name: s.client for s in self.specs if s.kind == "local"},
+                "provenance": {**provenance(), "model": model_origin(self.cfg.model.model, self.bench.base.path)}}
 
     def settings_record(self) -> dict[str, Any]:
         s = self.settings

@@ -5,6 +5,7 @@ from fedit.model.client_adapters import check_client_targets, client_adapter, en
 from fedit.model.load import BaseModel, autocast, load_base_model, resolve_device, resolve_precision
 from fedit.model.lora import (
     AdapterState,
+    adapter_config,
     adapter_parameters,
     add_lora,
     check_adapter_state,
@@ -12,14 +13,16 @@ from fedit.model.lora import (
     load_adapter_state,
     save_adapter,
     set_adapter_state,
+    write_adapter_files,
 )
-from fedit.model.resolve import DEFAULT_MODEL, TINY_RANDOM, cache_dir, resolve_model
+from fedit.model.resolve import DEFAULT_MODEL, TINY_RANDOM, cache_dir, model_origin, resolve_model
 
 __all__ = [
     "DEFAULT_MODEL",
     "TINY_RANDOM",
     "AdapterState",
     "BaseModel",
+    "adapter_config",
     "adapter_parameters",
     "add_lora",
     "autocast",
@@ -31,9 +34,11 @@ __all__ = [
     "get_adapter_state",
     "load_adapter_state",
     "load_base_model",
+    "model_origin",
     "resolve_device",
     "resolve_model",
     "resolve_precision",
     "save_adapter",
     "set_adapter_state",
+    "write_adapter_files",
 ]

@@ -15,7 +15,6 @@ import copy
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedit.errors import ConfigError, ModelError, UpdateError
+from fedit.fileio import apply_umask, make_temp_dir, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -153,27 +153,47 @@ def set_adapter_state(model: peft.PeftModel, state: Mapping[str, torch.Tensor]) 
             param.copy_(state[key])
 
 
-def save_adapter(model: peft.PeftModel, state: Mapping[str, torch.Tensor], out_dir: str | Path,
-                 base_model_path: str) -> Path:
-    """Write ``state`` as a standard PEFT adapter folder, replacing ``out_dir`` atomically.
-
-    ``base_model_path`` (what ``resolve_model`` returned) becomes ``base_model_name_or_path``,
-    made absolute for local folders, so the folder loads with plain peft anywhere on this machine.
-    """
-    check_adapter_state(_param_map(model), state)
-    out = Path(out_dir).expanduser().absolute()
+def adapter_config(model: peft.PeftModel, base_model_path: str) -> peft.LoraConfig:
+    """The PEFT config an adapter folder of ``model`` carries: ``base_model_path`` (what
+    ``resolve_model`` returned) as ``base_model_name_or_path``, made absolute for local folders,
+    so the folder loads with plain peft anywhere on this machine."""
     base = str(Path(base_model_path).resolve()) if Path(base_model_path).is_dir() else base_model_path
     config = copy.deepcopy(model.peft_config[model.active_adapter])
     config.base_model_name_or_path = base
     config.inference_mode = True
     if isinstance(config.target_modules, set):  # sorted, so the JSON is the same in every process
         config.target_modules = sorted(config.target_modules)
+    return config
+
+
+def write_adapter_files(folder: Path, config: peft.LoraConfig, state: Mapping[str, torch.Tensor]) -> None:
+    """``adapter_config.json`` and ``adapter_model.safetensors`` of ``state`` into ``folder``."""
     tensors = {k: v.detach().to(device="cpu", dtype=torch.float32).contiguous() for k, v in state.items()}
+    config.save_pretrained(str(folder))
+    save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+
+
+def save_adapter(model: peft.PeftModel, state: Mapping[str, torch.Tensor], out_dir: str | Path,
+                 base_model_path: str, *, tokenizer=None, card: str | None = None) -> Path:
+    """Write ``state`` as a standard PEFT adapter folder, replacing ``out_dir`` atomically.
+
+    ``tokenizer`` (with its chat template) is saved beside the adapter, so
+    ``AutoTokenizer.from_pretrained(out_dir)`` works as for TRL's or litgpt's outputs; ``card``
+    becomes the folder's ``README.md`` (model card). See :func:`adapter_config` for the base path.
+    """
+    check_adapter_state(_param_map(model), state)
+    out = Path(out_dir).expanduser().absolute()
+    config = adapter_config(model, base_model_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temporaries(out.parent)
+    tmp = make_temp_dir(out)
     try:
-        config.save_pretrained(str(tmp))
-        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        write_adapter_files(tmp, config, state)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if card is not None:
+            (tmp / "README.md").write_text(card)
+        apply_umask(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -186,7 +206,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     if not dst.exists():
         os.replace(src, dst)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    old = make_temp_dir(dst, "old")
     os.replace(dst, old / dst.name)
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)

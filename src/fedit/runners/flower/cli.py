@@ -1,6 +1,7 @@
 """``fedit deploy ...``: the Flower deployment path of fedit (see docs/flower.md).
 
   local          SuperLink + one SuperNode per --node-data file on loopback, run, stop all
+  stop           stop what a killed ``deploy local`` left running (proved by PID, create time, command)
   superlink      start a SuperLink (TLS, SuperNode authentication) in the foreground
   supernode      start a SuperNode serving one data file (--data)
   keygen         make a SuperNode key pair (EC P-384, OpenSSH format)
@@ -25,11 +26,29 @@ from fedit.errors import FeditError
 logger = logging.getLogger(__name__)
 
 
+DESCRIPTION = """\
+Run fedit on Flower: a SuperLink (server) and one SuperNode per data owner (see docs/flower.md).
+
+  local          SuperLink + one SuperNode per --node-data file on loopback, run, stop all
+  stop           stop what a killed deploy local left running on --out
+  superlink      start a SuperLink (TLS, SuperNode authentication) in the foreground
+  supernode      start a SuperNode serving one data file (--data)
+  keygen         make a SuperNode key pair (EC P-384, OpenSSH format)
+  register-node  register a SuperNode's public key with a SuperLink
+  tls            make a throw-away CA and server certificate (tests, trials)
+  app            write the Flower app folder and run config, for flwr run by hand
+  submit         submit a fedit run to a SuperLink and stream its log
+"""
+
+
 def add_parser(subparsers, add_config_flags, config_from_args) -> None:
+    from fedit.cli import RawDescriptionHelpFormatter
+
     deploy = subparsers.add_parser("deploy", help="run fedit on Flower (SuperLink/SuperNodes)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=DESCRIPTION, formatter_class=RawDescriptionHelpFormatter)
     sub = deploy.add_subparsers(dest="deploy_command", required=True, parser_class=type(deploy))
     _local(sub, add_config_flags, config_from_args)
+    _stop(sub)
     _superlink(sub)
     _supernode(sub)
     _keygen(sub)
@@ -74,8 +93,8 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
 def _local(sub, add_config_flags, config_from_args) -> None:
     p = sub.add_parser("local", help="a whole federation on loopback: demos and tests")
     _add_server_flags(p, add_config_flags)
-    p.add_argument("--node-data", nargs="+", required=True, type=Path, metavar="FILE",
-                   help="one SuperNode per file (client index = position)")
+    p.add_argument("--node-data", nargs="+", action="extend", required=True, type=Path, metavar="FILE",
+                   help="one SuperNode per file (client index = position); repeat the flag to add more")
     p.add_argument("--tls", action="store_true", help="TLS with a throw-away CA and server certificate")
     p.add_argument("--auth", action="store_true", help="SuperNode authentication (node keys registered; "
                                                        "needs --tls)")
@@ -84,14 +103,58 @@ def _local(sub, add_config_flags, config_from_args) -> None:
     add_config_flags(p)
 
     def run(args: argparse.Namespace) -> int:
+        import time
+
+        from fedit.cli import log_config
         from fedit.runners.flower.local import LocalOptions, deploy_local
+        from fedit.runners.rundir import RunDir
+        from fedit.runners.summary import run_summary
 
         cfg = config_from_args(args)
+        log_config(cfg)
         opts = LocalOptions(node_data=args.node_data, tls=args.tls, auth=args.auth, deploy=_deploy(args),
                             resume=args.resume, work_dir=args.work_dir)
+        start = time.perf_counter()
         result = deploy_local(cfg, Path(args.out), opts, echo=_echo)
+        history = [r for r in RunDir(result.run_dir).metrics.read() if r.get("type") == "round"]
+        for line in run_summary(history, result.run_dir, time.perf_counter() - start):
+            logger.info("%s", line)
         print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
                           "work_dir": str(result.work_dir)}))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _stop(sub) -> None:
+    p = sub.add_parser("stop", help="stop the processes a killed deploy local left running on --out")
+    p.add_argument("--out", required=True, type=Path, help="the --out of that deploy local")
+    p.add_argument("--work-dir", type=Path, help="its --work-dir, if it was given (default: OUT.flower)")
+
+    def run(args: argparse.Namespace) -> int:
+        import signal
+
+        import psutil
+
+        from fedit.runners.flower.local import default_work_dir, registry_file
+        from fedit.runners.flower.processes import running_owner, stop_leftovers
+
+        out = args.out.resolve()
+        registry = registry_file((args.work_dir or default_work_dir(out)).resolve())
+        if not registry.is_file():
+            raise FeditError(f"--out: no {registry} (no fedit deploy local ran with this --out/--work-dir)")
+        owner = running_owner(registry)
+        if owner is not None:  # still running: SIGTERM makes it stop its own processes
+            logger.info("fedit deploy local (pid %d) is still running: stopping it", owner)
+            try:
+                proc = psutil.Process(owner)
+                proc.send_signal(signal.SIGTERM)
+                psutil.wait_procs([proc], timeout=60)
+            except psutil.NoSuchProcess:
+                pass
+        stopped = stop_leftovers(registry)
+        logger.info("stopped %d leftover process(es)", len(stopped))
+        print(json.dumps({"owner_stopped": owner, "stopped": stopped}))
         return 0
 
     p.set_defaults(func=run)
@@ -107,27 +170,32 @@ def _echo(line: str) -> None:
 def _foreground(name: str, argv: list[str], home: Path, print_only: bool) -> int:
     """Run a Flower process in the foreground; Ctrl-C/SIGTERM stop it (and only it) by PID."""
     from fedit.runners.flower.launch import shell
-    from fedit.runners.flower.processes import flower_env
+    from fedit.runners.flower.processes import flower_env, sigterm_as_interrupt
 
     env = flower_env(home)
     if print_only:
         print(f"FLWR_HOME={home} FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 {shell(argv)}")
         return 0
     logger.info("%s: %s (FLWR_HOME=%s)", name, shell(argv), home)
-    proc = subprocess.Popen(argv, env=env, start_new_session=True)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if proc.poll() is None:
-            import signal
+    with sigterm_as_interrupt():  # SIGTERM to fedit must reach the Flower process too
+        proc = subprocess.Popen(argv, env=env, start_new_session=True)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            _stop_foreground(proc)
 
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+
+def _stop_foreground(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _superlink(sub) -> None:
@@ -260,7 +328,7 @@ def _run_files(args: argparse.Namespace, cfg, folder: Path) -> tuple[Path, Path]
 
 
 def _app(sub, add_config_flags, config_from_args) -> None:
-    p = sub.add_parser("app", help="write the Flower app folder and a run config, for `flwr run` by hand")
+    p = sub.add_parser("app", help="write the Flower app folder and a run config, for flwr run by hand")
     p.add_argument("folder", type=Path, help="where to write app/pyproject.toml and run.toml")
     _add_server_flags(p, add_config_flags)
     add_config_flags(p)

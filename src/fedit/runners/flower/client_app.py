@@ -152,10 +152,12 @@ def train(msg: Message, context: Context) -> Message:
         check_job_lora(context.node_config, cfg, job.config)
         examples = node_examples(context.node_config, cfg, job.client_id)
         from fedit.client.job import run_job  # torch, transformers, peft: ~7 s cold
-        from fedit.runners.common import build_workbench
+        from fedit.runners.common import build_workbench, no_examples_reason
 
         bench = build_workbench(cfg)
         data = bench.tokenize(examples, cfg.data)
+        if not data:  # every record skipped by tokenization: an update would be untrained
+            raise DataError(no_examples_reason(job.client_id, len(examples), cfg.data.max_len))
         update, state = run_job(bench.trainer, job, data, cfg.train, seed=cfg.federation.seed,
                                 client_state=load_client_state(context))
         save_client_state(context, state)

@@ -4,32 +4,34 @@ setup (work folder, TLS material, SuperLink, node keys, SuperNodes) -> submit th
 stream its log -> cleanup: every process started here is stopped by PID, also on Ctrl-C,
 SIGTERM or failure. The run directory is written by the ServerApp to ``out``; Flower's own
 state (FLWR_HOME, certificates, keys, process logs, ``pids.json``) goes to the work folder.
+``pids.json`` records each process as it starts, so a later ``deploy local`` on the same work
+folder, or ``fedit deploy stop``, can stop what a killed ``deploy local`` left running.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import signal
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from fedit.config import Config, DeployConfig
 from fedit.errors import FeditError
 from fedit.runners.flower import appdir, launch
-from fedit.runners.flower.processes import ProcessGroup, alive, flower_env, free_port, wait_for_port
+from fedit.runners.flower.processes import (ProcessGroup, alive, flower_env, free_port, running_owner,
+                                            sigterm_as_interrupt, stop_leftovers, wait_for_port)
 from fedit.runners.flower.security import make_node_key, make_tls
 from fedit.runners.flower.wire import run_config_values
 
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+PIDS_FILE = "pids.json"
+NODE_LIST = "the --node-data list"   # where deploy local's client count comes from
 
 
 @dataclass
@@ -55,20 +57,9 @@ def default_work_dir(out: Path) -> Path:
     return out.parent / f"{out.name}.flower"
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Let SIGTERM unwind like Ctrl-C, so the finally blocks stop our processes."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def registry_file(work: Path) -> Path:
+    """The record of every process a ``deploy local`` on ``work`` started (see processes.py)."""
+    return work / PIDS_FILE
 
 
 class LocalFederation:
@@ -76,14 +67,13 @@ class LocalFederation:
                  echo: Callable[[str], None] | None = None) -> None:
         self.cfg, self.out, self.opts = cfg, Path(out).resolve(), opts
         self.work = Path(opts.work_dir or default_work_dir(self.out)).resolve()
-        self.env = flower_env(self.work / "flwr-home")
-        self.env.setdefault("OMP_NUM_THREADS", str(share_cores(cfg, len(opts.node_data))))
-        self.group = ProcessGroup()
+        self.group = ProcessGroup(registry_file(self.work))
         self.echo = echo or (lambda line: logger.info("%s", line))
 
     def run(self) -> LocalResult:
-        self._check()
-        with _sigterm_as_interrupt():
+        self._check()          # everything is validated before anything is written or started
+        self._prepare()
+        with sigterm_as_interrupt():
             try:
                 self._start_link()
                 refused = self._start_nodes()
@@ -91,7 +81,7 @@ class LocalFederation:
             finally:
                 pids = self.group.pids()
                 self.group.stop()
-                (self.work / "pids.json").write_text(json.dumps({"pids": pids, "alive": alive(pids)}) + "\n")
+                self.group.write_registry(alive=alive(pids))
         last = [r for r in self._rounds() if r.get("round") == self.cfg.federation.rounds]
         if not last or not (self.out / "final" / "adapter_model.safetensors").is_file():
             raise FeditError(f"the Flower run ended without a final adapter in {self.out}; "
@@ -104,6 +94,8 @@ class LocalFederation:
         return [r for r in RunDir(self.out).metrics.read() if r.get("type") == "round"]
 
     def _check(self) -> None:
+        """Every check that needs no process: flags, --out, the model and the device."""
+        from fedit.model import resolve_device, resolve_model, resolve_precision
         from fedit.server.build import check_methods, client_layouts
 
         check_methods(self.cfg)
@@ -116,15 +108,29 @@ class LocalFederation:
         if self.opts.deploy.min_nodes > len(self.opts.node_data):
             raise FeditError(f"--min-nodes {self.opts.deploy.min_nodes} is more than the "
                              f"{len(self.opts.node_data)} --node-data file(s)")
-        cpr, nodes = self.cfg.federation.clients_per_round, len(self.opts.node_data)
-        if self.cfg.federation.fraction is None and cpr > nodes:
-            raise FeditError(f"--clients-per-round {cpr} is more than the {nodes} --node-data file(s)")
+        self.cfg.federation.clients_to_sample(len(self.opts.node_data), NODE_LIST)
         if self.opts.auth and not self.opts.tls:
             raise FeditError("--auth needs --tls (Flower authenticates SuperNodes only over TLS)")
+        if self.opts.resume and not (self.out / "config.yaml").is_file():
+            raise FeditError(f"--resume: {self.out} holds no fedit run to resume (no config.yaml); "
+                             "drop --resume to start one")
         if not self.opts.resume and self.out.is_dir() and any(self.out.iterdir()):
             raise FeditError(f"--out: {self.out} exists and is not empty; pass --resume to continue the run "
                              "in it or choose another --out")
+        owner = running_owner(registry_file(self.work))
+        if owner is not None:
+            raise FeditError(f"another fedit deploy local (pid {owner}) is running on {self.work}; wait for "
+                             f"it or stop it with: fedit deploy stop --out {self.out}")
+        device = resolve_device(self.cfg.model.device)  # here, not 20 s later inside the ServerApp
+        resolve_precision(self.cfg.model.precision, device)
+        resolve_model(self.cfg.model.model)
+
+    def _prepare(self) -> None:
+        """The work folder and environment; processes an earlier, killed run left are stopped."""
         self.work.mkdir(parents=True, exist_ok=True)
+        stop_leftovers(registry_file(self.work))
+        self.env = flower_env(self.work / "flwr-home")
+        self.env.setdefault("OMP_NUM_THREADS", str(share_cores(self.cfg, len(self.opts.node_data))))
 
     def _start_link(self) -> None:
         self.port = free_port(HOST)
@@ -219,7 +225,7 @@ class LocalFederation:
 def share_cores(cfg: Config, nodes: int) -> int:
     """Threads per process when all nodes share this machine: the clients of a round train at the
     same time, and oversubscribed OpenMP threads slow every one of them down many times over."""
-    concurrent = min(nodes, cfg.federation.clients_to_sample(nodes))
+    concurrent = min(nodes, cfg.federation.clients_to_sample(nodes, NODE_LIST))
     return max(1, (os.cpu_count() or 1) // max(1, concurrent))
 
 

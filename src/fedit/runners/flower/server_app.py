@@ -27,11 +27,14 @@ from fedit.client_lora import ClientLora, canonical_targets
 from fedit.config import Config, DeployConfig
 from fedit.errors import FeditError, UpdateError
 from fedit.fileio import atomic_write_text
-from fedit.model import check_client_targets, save_adapter
+from fedit.data.fingerprint import data_fingerprint, with_absolute_paths
+from fedit.model import adapter_config, check_client_targets, model_origin
+from fedit.provenance import provenance
 from fedit.runners.common import Workbench, build_workbench, load_test
 from fedit.runners.federation import ClientFailure, Federation, Reply
 from fedit.runners.flower import wire
 from fedit.runners.rundir import RunDir
+from fedit.runners.simulation import save_final
 from fedit.server import build_strategy, check_methods
 from fedit.server.build import client_layouts
 
@@ -97,14 +100,23 @@ class FlowerServer:
         self.run_dir = RunDir(settings.out)
 
     def setup(self) -> None:
-        cfg, deploy = self.cfg, self.s.deploy
+        """Checks, test data and the model before anything is written, then the roll call."""
+        self.cfg = cfg = with_absolute_paths(self.cfg)
+        deploy = self.s.deploy
         check_methods(cfg)
-        ckpt = self.run_dir.prepare(cfg, self.s.resume)
+        test = load_test(cfg)
+        fingerprint = data_fingerprint(cfg, ("test_data",))  # the training data lives on the nodes
+        self.run_dir.check(cfg, self.s.resume, fingerprint)
+        self.bench: Workbench = build_workbench(cfg)
+        self.origin = model_origin(cfg.model.model, self.bench.base.path)
+        ckpt = self.run_dir.prepare(cfg, self.s.resume, fingerprint=fingerprint,
+                                    provenance={**provenance(), "model": self.origin})
+        self.run_dir.adapter_config = adapter_config(self.bench.model, self.bench.base.path)
         self.nodes = self._roll_call()
         check_methods(cfg, self.layouts, NODE_FLAGS)
-        self.bench: Workbench = build_workbench(cfg)
         check_client_targets(self.bench.model, [lay.targets for lay in self.layouts])
-        test_tok = self.bench.tokenize(load_test(cfg), cfg.data, train_on_prompt=False)
+        test_tok = self.bench.tokenize(test, cfg.data, train_on_prompt=False)
+        cfg.federation.clients_to_sample(len(self.nodes), "the nodes that answered the roll call")
         transport = FlowerClients(self.grid, self.nodes, deploy.round_timeout)
         if cfg.privacy.secure_aggregation:  # Flower's SecAgg+: the loop gets only the sum of the updates
             from fedit.runners.flower.secagg import SecureFlowerClients
@@ -190,8 +202,7 @@ class FlowerServer:
         return layouts
 
     def finish(self) -> None:
-        save_adapter(self.bench.model, self.federation.state, self.run_dir.final_dir, self.bench.base.path)
-        logger.info("final adapter written to %s", self.run_dir.final_dir)
+        save_final(self.bench, self.federation.state, self.run_dir, self.cfg, self.federation.history, self.origin)
 
     def run(self) -> None:
         try:

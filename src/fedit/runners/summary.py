@@ -1,0 +1,96 @@
+"""What a finished run tells people: the model card saved beside an adapter (``README.md``) and
+the few lines ``fedit run`` / ``fedit deploy local`` end with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from fedit.config import Config
+
+LOAD_HINT = """\
+```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForCausalLM.from_pretrained("{path}")
+tokenizer = AutoTokenizer.from_pretrained("{path}")   # with the chat template used in training
+```
+"""
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "n/a"
+
+
+def held_out(history: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(first, last) round records that carry a held-out evaluation, if there are two."""
+    evaluated = [r for r in history if (r.get("eval") or {}).get("overall")]
+    return (evaluated[0], evaluated[-1]) if len(evaluated) >= 2 else None
+
+
+def model_card(base_model: str, facts: Sequence[str], origin: dict[str, Any] | None = None,
+               path: str | Path = ".") -> str:
+    """A short model card: front matter for the hub's tools, the facts, how to load it."""
+    weights = ""
+    if origin and origin.get("quantization"):
+        weights = f" ({origin.get('quantization')} GGUF {origin.get('source')}, dequantized to float32)"
+    lines = ["---", f"base_model: {base_model}", "library_name: peft",
+             "tags: [fedit, lora, federated-learning, instruction-tuning]", "---", "",
+             "# LoRA adapter made with fedit", "", f"- Base model: {base_model}{weights}"]
+    lines += [f"- {fact}" for fact in facts]
+    from fedit.provenance import provenance
+
+    prov = provenance()
+    lines += [f"- Made with fedit {prov.get('fedit')}" + (f" (git {prov['git']})" if prov.get("git") else ""),
+              "", "Load it with plain peft and transformers:", "", LOAD_HINT.format(path=path)]
+    return "\n".join(lines)
+
+
+def run_facts(cfg: Config, history: Sequence[dict[str, Any]]) -> list[str]:
+    """The facts of a federated run for its model card."""
+    d, t, f, lora = cfg.data, cfg.train, cfg.federation, cfg.lora
+    done = max((r.get("round", 0) for r in history), default=0)
+    per_round = f"{f.clients_per_round} clients" if f.fraction is None else f"a fraction {f.fraction} of the clients"
+    local = f"{t.local_steps} local steps" if t.local_steps else f"{t.local_epochs:g} local epoch(s)"
+    clients = "one client per file" if d.partition == "files" else f"{d.num_clients} clients"
+    facts = [f"Method: federated instruction tuning, {f.strategy}, {done} rounds of {per_round} x {local} "
+             f"(batch {t.batch_size}, lr {t.lr:g}, seed {f.seed})",
+             f"LoRA: r={lora.lora_r}, alpha={lora.lora_alpha}, dropout {lora.lora_dropout:g}, on {lora.lora_targets}",
+             f"Training data: {d.data} ({d.partition} partition, {clients}), prompts: {d.template} template, "
+             f"max length {d.max_len}"]
+    pair = held_out(history)
+    if pair is not None:
+        first, last = (r["eval"]["overall"] for r in pair)
+        facts.append(f"Held-out loss on {d.test_data}: {_fmt(first.get('loss'))} before training (round "
+                     f"{pair[0]['round']}) -> {_fmt(last.get('loss'))} after round {pair[1]['round']} "
+                     f"(perplexity {_fmt(last.get('perplexity'), '.2f')}, {last.get('examples')} examples)")
+    return facts
+
+
+def run_card(cfg: Config, history: Sequence[dict[str, Any]], origin: dict[str, Any] | None,
+             final_dir: Path) -> str:
+    return model_card(cfg.model.model, run_facts(cfg, history), origin, final_dir)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def run_summary(history: Sequence[dict[str, Any]], run_dir: Path, seconds: float) -> list[str]:
+    """The human-readable lines a finished run ends with."""
+    rounds = [r for r in history if r.get("type", "round") == "round"]
+    done = max((r.get("round", 0) for r in rounds), default=0)
+    lines = [f"run finished: {done} rounds in {_duration(seconds)}"]
+    pair = held_out(rounds)
+    if pair is not None:
+        first, last = (r["eval"]["overall"] for r in pair)
+        lines.append(f"held-out loss {_fmt(first.get('loss'))} (round {pair[0]['round']}) -> "
+                     f"{_fmt(last.get('loss'))} (round {pair[1]['round']}), perplexity "
+                     f"{_fmt(first.get('perplexity'), '.2f')} -> {_fmt(last.get('perplexity'), '.2f')}")
+    final = Path(run_dir) / "final"
+    lines.append(f"adapter: {final} (PEFT folder with tokenizer and model card)")
+    lines.append(f"next: fedit eval --run {run_dir}  |  fedit generate --run {run_dir} \"an instruction\"")
+    return lines
