@@ -107,6 +107,8 @@ class DataConfig(_Section):
     shards_per_client: int = _opt(2, "shards: category-sorted shards given to each client")
     max_client_records: int | None = _opt(None, "use at most this many records per client (demos)")
     max_test_records: int | None = _opt(None, "evaluate on at most this many held-out records")
+    data_seed: int | None = _opt(None, "seed of the data split: partition and the --max-client-records / "
+                                 "--max-test-records subsamples (none: --seed)")
 
     def __post_init__(self) -> None:
         self._check_types()

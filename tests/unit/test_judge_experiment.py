@@ -36,7 +36,7 @@ def test_both_orders_averaging_retry_and_unparsable(monkeypatch):
     # both orders: A first in verdicts 1 and 3, B first in 2 and 4
     assert [server.first_answer(i) for i in (1, 2, 3, 4, 7)] == ["A-ANSWER", "B-ANSWER", "A-ANSWER",
                                                                  "B-ANSWER", "B-ANSWER"]
-    assert slept == [1.0, 1.0]               # one backoff per retry (500, then the unparsable reply)
+    assert slept == [1.0]                    # one backoff, for the 500 (an unparsable reply is asked again at once)
     assert out.verdicts == 5
     assert dict(out.failures) == {"unparsable": 1}
     assert out.total_a == pytest.approx((8 + 7 + 9 + 6 + 10) / 5)
