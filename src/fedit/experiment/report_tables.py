@@ -211,6 +211,7 @@ def figures(results: dict[str, Any], agg: dict[str, Any], out: Path, partition: 
         figs["Held-out loss per category"] = save(category_figure(per_cat, "held-out response loss"),
                                                   out / "per_category.png")
     scores, label = relative_scores(results)
+    (out / "relative_scores.png").unlink(missing_ok=True)     # never leave an earlier run's chart behind
     if scores:
         ref = (results.get("judge") or {}).get("reference", FEDIT)
         title = "Relative score against the reference answers (paper Fig. 3)" if ref != FEDIT else \
