@@ -11,6 +11,7 @@ import numpy as np
 
 from fedit.data import plot_partition
 from fedit.experiment.claims import FEDIT, METRICS, fedit_verdict, metric_arrays
+from fedit.experiment.prompts import PROMPTS
 from fedit.experiment.plots import (category_figure, fedit_rounds, loss_rounds_figure, relative_figure,
                                     relative_title, save, training_figure)
 from fedit.experiment.stats import paired_bootstrap
@@ -262,9 +263,9 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     j = results.get("judge")
     if j:
         js = j.get("settings", {})
-        lines.append(f"Judge: `{js.get('model')}` with the **{js.get('prompt', 'fedit')}** prompt "
-                     f"({'FastChat Vicuna reviewer prompts' if js.get('prompt') == 'vicuna' else 'fedit reviewer prompt'}"
-                     f"), {js.get('repeats')} verdicts per order, temperature {js.get('temperature')}, "
+        prompt = js.get("prompt", "fedit")
+        lines.append(f"Judge: `{js.get('model')}` with the **{prompt}** prompt ({PROMPTS[prompt].description}), "
+                     f"max {js.get('max_tokens')} reply tokens, {js.get('repeats')} verdicts per order, temperature {js.get('temperature')}, "
                      f"{j.get('questions')} questions from `{j.get('question_source')}`; "
                      + (f"every system judged against the reference answers of {j.get('reference_label')}"
                         if j.get("mode") == "reference" else "every system judged against FedIT") + ".")

@@ -29,7 +29,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fedit.client.job import ClientJob, run_job
 from fedit.config import Config, flag
 from fedit.errors import ConfigError
 from fedit.experiment.evaluate import GEN_BATCH, evaluate_system, generation_subset
@@ -37,9 +36,9 @@ from fedit.experiment.seeds import SeedPlan, seed_config, seeded_initial_state, 
 from fedit.experiment.settings import ExperimentSettings
 from fedit.experiment.systems import SystemSpec, budget_rule, choose_local_clients, plan_systems, spec_record
 from fedit.experiment.tracking import ExperimentProgress, units
-from fedit.experiment.training import fedit_training
+from fedit.experiment.training import fedit_training, train_baseline
 from fedit.fileio import atomic_write_text
-from fedit.model import AdapterState, load_adapter_state, save_adapter
+from fedit.model import AdapterState
 from fedit.progress import Progress
 from fedit.runners.common import build_workbench, data_seed, ensure_dir, load_clients, load_test
 from fedit.runners.simulation import Simulation
@@ -169,40 +168,14 @@ class Experiment:
     def _trained_state(self, plan: SeedPlan, spec: SystemSpec, tracker: ExperimentProgress
                        ) -> tuple[AdapterState, dict[str, Any]]:
         """(adapter state, training record)."""
+        folder = self.system_dir(spec.name, plan)
         if spec.kind == "base":
             return plan.initial_state, {"steps": 0, "tokens": 0, "seconds": 0.0}
         if spec.kind == "fedit":
-            return self._run_fedit(plan, spec, tracker)
-        folder = self.system_dir(spec.name, plan)
-        adapter_dir, stored = folder / "adapter", folder / "train.json"
-        if adapter_dir.is_dir() and stored.is_file():
-            train = json.loads(stored.read_text())
-            if train.get("spec") == spec_record(spec):
-                logger.info("%s: reusing the trained adapter in %s", spec.name, adapter_dir)
-                tracker.skip(spec.steps)
-                return load_adapter_state(adapter_dir), train
-        examples = plan.client_tok[spec.client] if spec.kind == "local" else \
-            [ex for part in plan.client_tok for ex in part]
-        client_id = spec.client if spec.kind == "local" else len(plan.clients)  # centralized: its own id
-        job = ClientJob(client_id, 0, plan.initial_state, {"local_steps": spec.steps})
-        curve: list[float] = []
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            curve.append(loss)
-            bar.advance(loss=loss)
-
-        with tracker.phase(f"{spec.name} steps", spec.steps) as bar:
-            update, _ = run_job(self.bench.trainer, job, examples, plan.cfg.train, seed=plan.seed, on_step=on_step)
-        train = {"spec": spec_record(spec), "examples": len(examples), **update.metrics, "loss_curve": curve}
-        save_adapter(self.bench.model, update.state, adapter_dir, self.bench.base.path)
-        atomic_write_text(stored, json.dumps(train, indent=1, default=float) + "\n")
-        return update.state, train
-
-    def _run_fedit(self, plan: SeedPlan, spec: SystemSpec, tracker: ExperimentProgress):
-        folder = self.system_dir(spec.name, plan)
-        bench = dataclasses.replace(self.bench, initial_state=plan.initial_state)
-        run = Simulation(plan.cfg, folder, resume=True, progress=tracker.forwarding(), bench=bench).run()
-        return run.state, fedit_training(folder / "metrics.jsonl", plan.cfg.federation.rounds, spec.steps)
+            bench = dataclasses.replace(self.bench, initial_state=plan.initial_state)
+            run = Simulation(plan.cfg, folder, resume=True, progress=tracker.forwarding(), bench=bench).run()
+            return run.state, fedit_training(folder / "metrics.jsonl", plan.cfg.federation.rounds, spec.steps)
+        return train_baseline(self.bench, plan, spec, folder, tracker)
 
     # -- whole experiment ---------------------------------------------------------------------
     def work(self) -> list[tuple[SeedPlan, SystemSpec]]:

@@ -10,10 +10,23 @@ round records: seconds and, where the run records them, ``bytes_*`` fields).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fedit.client.job import ClientJob, run_job
+from fedit.experiment.systems import SystemSpec, spec_record
+from fedit.fileio import atomic_write_text
+from fedit.model import AdapterState, load_adapter_state, save_adapter
+
+if TYPE_CHECKING:
+    from fedit.experiment.seeds import SeedPlan
+    from fedit.experiment.tracking import ExperimentProgress
+    from fedit.runners.common import Workbench
+
+logger = logging.getLogger(__name__)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -65,3 +78,31 @@ def loss_curve(result: dict[str, Any]) -> list[tuple[int, float]]:
     if result.get("spec", {}).get("kind") == "fedit":
         return [(int(s), float(v)) for s, v in curve if v is not None]
     return [(i + 1, float(v)) for i, v in enumerate(curve) if v is not None and math.isfinite(v)]
+
+
+def train_baseline(bench: Workbench, plan: SeedPlan, spec: SystemSpec, folder: Path,
+                   tracker: ExperimentProgress) -> tuple[AdapterState, dict[str, Any]]:
+    """Train a local-only or centralized system as one continuous client job (or reuse the adapter
+    in ``folder`` if it was trained for this spec); its per-step loss goes into train.json."""
+    adapter_dir, stored = folder / "adapter", folder / "train.json"
+    if adapter_dir.is_dir() and stored.is_file():
+        train = json.loads(stored.read_text())
+        if train.get("spec") == spec_record(spec):
+            logger.info("%s: reusing the trained adapter in %s", spec.name, adapter_dir)
+            tracker.skip(spec.steps)
+            return load_adapter_state(adapter_dir), train
+    examples = plan.client_tok[spec.client] if spec.kind == "local" else \
+        [ex for part in plan.client_tok for ex in part]
+    client_id = spec.client if spec.kind == "local" else len(plan.clients)  # centralized: its own id
+    job = ClientJob(client_id, 0, plan.initial_state, {"local_steps": spec.steps})
+    curve: list[float] = []
+    with tracker.phase(f"{spec.name} steps", spec.steps) as bar:
+        def on_step(step: int, total: int, loss: float) -> None:
+            curve.append(loss)
+            bar.advance(loss=loss)
+
+        update, _ = run_job(bench.trainer, job, examples, plan.cfg.train, seed=plan.seed, on_step=on_step)
+    train = {"spec": spec_record(spec), "examples": len(examples), **update.metrics, "loss_curve": curve}
+    save_adapter(bench.model, update.state, adapter_dir, bench.base.path)
+    atomic_write_text(stored, json.dumps(train, indent=1, default=float) + "\n")
+    return update.state, train
