@@ -142,3 +142,20 @@ def test_loss_per_round_labels_do_not_overlap():
     assert _overlaps(fig) == []
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any(re.match(r"local-1 .*2\.6461", t) for t in legend) and any("local-2" in t for t in legend)
+
+
+def test_seeds_with_their_own_test_records_are_paired_by_seed():
+    # --vary-partition: each seed answered other test records; comparisons pair the seeds, never cross them
+    from fedit.experiment.claims import comparisons
+
+    def run(name, seed, rouge, offset):
+        r = _system(name, [20.0] * 4, rouge)
+        for a in r["answers"]:
+            a["test_index"] += offset
+        return {**r, "seed": seed}
+    runs = {"local-1": {"42": run("local-1", 42, [0.1] * 4, 0), "43": run("local-1", 43, [0.3] * 4, 10)},
+            "fedit": {"42": run("fedit", 42, [0.2] * 4, 0), "43": run("fedit", 43, [0.5] * 4, 10)}}
+    results = _results({n: r["42"] for n, r in runs.items()}) | {"runs": runs}
+    c = comparisons(results)["local-1"]["rouge_l"]
+    assert c["seeds"] == 2 and c["estimate"] == pytest.approx(((0.1 - 0.2) + (0.3 - 0.5)) / 2)
+    assert c["verdict"] == "FedIT better"

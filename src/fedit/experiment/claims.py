@@ -43,38 +43,51 @@ def _seed_lists(runs: dict[str, dict[str, Any]], a: str, b: str) -> tuple[list[d
     return [ra[s] for s in common], [rb[s] for s in common]
 
 
+def seed_pairs(xs: list[dict], refs: list[dict]) -> list[tuple[dict, dict]]:
+    """The (system, reference) result pairs the bootstrap compares: by seed, a single run with every seed."""
+    n = max(len(xs), len(refs))
+    return [(xs[min(i, len(xs) - 1)], refs[min(i, len(refs) - 1)]) for i in range(n)]
+
+
 def _why_not(xs: list[dict], refs: list[dict], metric: str) -> str | None:
     """Why two systems cannot be compared on ``metric`` (None when they can)."""
     if not xs or not refs:
         return "no common seed"
-    if metric in TEXT_METRICS:
-        for x in xs:
-            for r in refs:
-                if x.get("eval_settings") != r.get("eval_settings"):
-                    return "generated with other settings (--gen-records, --max-new-tokens, --em-categories)"
-                if [a["test_index"] for a in x.get("answers", [])] != [a["test_index"] for a in r.get("answers", [])]:
-                    return "answers to other test records"
+    if metric not in TEXT_METRICS:
+        return None
+    for x, r in seed_pairs(xs, refs):
+        if x.get("eval_settings") != r.get("eval_settings"):
+            return "generated with other settings (--gen-records, --max-new-tokens, --em-categories)"
+        if [a["test_index"] for a in x.get("answers", [])] != [a["test_index"] for a in r.get("answers", [])]:
+            return "answers to other test records"
     return None
+
+
+def interval(runs: dict[str, dict[str, Any]], system: str, reference: str, metric: str, *, ratio: bool = False,
+             resamples: int, confidence: float, seed: int) -> Interval | str:
+    """The paired bootstrap interval of ``system`` against ``reference`` on ``metric`` (``-``, or
+    ``/`` with ``ratio``), or the reason they cannot be compared."""
+    xs, refs = _seed_lists(runs, system, reference)
+    reason = _why_not(xs, refs, metric)
+    if reason is not None:
+        return reason
+    ax, ar = [metric_arrays(r, metric) for r in xs], [metric_arrays(r, metric) for r in refs]
+    if any(a is None for a in ax + ar):
+        return "no per-record figures (a result.json from an older fedit: rerun it with --systems)"
+    try:
+        return paired_bootstrap(ax, ar, ratio=ratio, resamples=resamples, confidence=confidence, seed=seed)
+    except ValueError as exc:
+        return str(exc)
 
 
 def compare(runs: dict[str, dict[str, Any]], system: str, reference: str, metric: str, *,
             resamples: int, confidence: float, seed: int) -> dict[str, Any]:
     """``system`` against ``reference`` on ``metric``: the interval of ``system - reference`` and
     FedIT's verdict, or ``{"skipped": reason}``."""
-    xs, refs = _seed_lists(runs, system, reference)
-    reason = _why_not(xs, refs, metric)
-    if reason is None:
-        ax = [metric_arrays(r, metric) for r in xs]
-        ar = [metric_arrays(r, metric) for r in refs]
-        if any(a is None for a in ax + ar):
-            reason = "no per-record figures (a result.json from an older fedit: rerun it with --systems)"
-    if reason is not None:
-        return {"skipped": reason}
-    try:
-        interval = paired_bootstrap(ax, ar, resamples=resamples, confidence=confidence, seed=seed)
-    except ValueError as exc:
-        return {"skipped": str(exc)}
-    return {**interval.record(), "verdict": fedit_verdict(interval, metric, system, reference)}
+    iv = interval(runs, system, reference, metric, resamples=resamples, confidence=confidence, seed=seed)
+    if isinstance(iv, str):
+        return {"skipped": iv}
+    return {**iv.record(), "verdict": fedit_verdict(iv, metric, system, reference)}
 
 
 def fedit_verdict(interval: Interval, metric: str, system: str, reference: str, ratio: bool = False) -> str:
@@ -89,9 +102,7 @@ def fedit_verdict(interval: Interval, metric: str, system: str, reference: str, 
 def comparisons(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every other system against FedIT, per metric."""
     runs = results.get("runs") or {n: {"0": r} for n, r in results["systems"].items()}
-    boot = results["settings"].get("bootstrap", {})
-    kw = {"resamples": boot.get("resamples", 2000), "confidence": boot.get("confidence", 0.95),
-          "seed": results["settings"]["config"]["federation"]["seed"]}
+    kw = bootstrap_settings(results)
     if FEDIT not in runs:
         return {}
     return {n: {m: compare(runs, n, FEDIT, m, **kw) for m in METRICS} for n in runs if n != FEDIT}
@@ -114,20 +125,18 @@ def claims(results: dict[str, Any], comps: dict[str, dict[str, Any]]) -> dict[st
     return out
 
 
+def bootstrap_settings(results: dict[str, Any]) -> dict[str, Any]:
+    boot = results["settings"].get("bootstrap", {})
+    return {"resamples": boot.get("resamples", 2000), "confidence": boot.get("confidence", 0.95),
+            "seed": results["settings"]["config"]["federation"]["seed"]}
+
+
 def _recovered(results: dict[str, Any], comps: dict[str, dict[str, Any]], metric: str) -> float | None:
     base, cent = comps.get("base", {}).get(metric, {}), comps.get("centralized", {}).get(metric, {})
     if "estimate" not in base or "estimate" not in cent:
         return None
-    runs = results.get("runs", {})
-    xs, refs = _seed_lists(runs, "centralized", "base")
-    if _why_not(xs, refs, metric) or any(metric_arrays(r, metric) is None for r in xs + refs):
-        return None
-    higher = METRICS[metric][0]
-    interval = paired_bootstrap([metric_arrays(r, metric) for r in xs], [metric_arrays(r, metric) for r in refs],
-                                resamples=results["settings"].get("bootstrap", {}).get("resamples", 2000),
-                                confidence=results["settings"].get("bootstrap", {}).get("confidence", 0.95),
-                                seed=results["settings"]["config"]["federation"]["seed"])
-    if verdict(interval, higher_is_better=higher) != "better":
+    iv = interval(results.get("runs", {}), "centralized", "base", metric, **bootstrap_settings(results))
+    if isinstance(iv, str) or verdict(iv, higher_is_better=METRICS[metric][0]) != "better":
         return None      # centralized did not improve on base beyond the noise: nothing to recover
     # the stored estimates are base - fedit and centralized - fedit, so
     # (fedit - base) / (centralized - base) = (base - fedit) / ((base - fedit) - (centralized - fedit))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from fedit.data import plot_partition
-from fedit.experiment.claims import FEDIT, METRICS, fedit_verdict, metric_arrays
+from fedit.experiment.claims import FEDIT, METRICS, bootstrap_settings, fedit_verdict, interval
 from fedit.experiment.prompts import PROMPTS
 from fedit.experiment.plots import (category_figure, fedit_rounds, loss_rounds_figure, relative_figure,
                                     relative_title, save, training_figure)
@@ -108,7 +108,6 @@ def judge_intervals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Relative judge score (system total / reference total) with its bootstrap interval over the
     scored questions, per judged system."""
     j = results.get("judge") or {}
-    boot = results["settings"].get("bootstrap", {})
     out = {}
     for name, p in j.get("pairs", {}).items():
         rows = [q for q in p.get("per_question", []) if q.get("score_a") is not None]
@@ -116,9 +115,7 @@ def judge_intervals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             continue
         a = (np.array([q["score_a"] for q in rows], float), np.ones(len(rows)))
         b = (np.array([q["score_b"] for q in rows], float), np.ones(len(rows)))
-        iv = paired_bootstrap([a], [b], ratio=True, resamples=boot.get("resamples", 2000),
-                              confidence=boot.get("confidence", 0.95),
-                              seed=results["settings"]["config"]["federation"]["seed"])
+        iv = paired_bootstrap([a], [b], ratio=True, **bootstrap_settings(results))
         out[name] = {**iv.record(), "verdict": fedit_verdict(iv, "judge", name, p.get("b", FEDIT), ratio=True)}
     return out
 
@@ -136,24 +133,10 @@ def relative_scores(results: dict[str, Any]) -> tuple[dict[str, tuple[float, flo
     runs = results.get("runs") or {}
     if FEDIT not in runs:
         return {}, ""
-    boot = results["settings"].get("bootstrap", {})
     out: dict[str, tuple] = {}
     for name in runs:
-        xs, refs = list(runs[name].values()), list(runs[FEDIT].values())
-        if len(xs) > 1 and len(refs) > 1:
-            common = [s for s in runs[name] if s in runs[FEDIT]]
-            xs, refs = [runs[name][s] for s in common], [runs[FEDIT][s] for s in common]
-        ax, ar = [metric_arrays(r, "rouge_l") for r in xs], [metric_arrays(r, "rouge_l") for r in refs]
-        if not xs or any(a is None for a in ax + ar) or any(x.get("eval_settings") != r.get("eval_settings")
-                                                            for x in xs for r in refs):
-            continue
-        try:
-            iv = paired_bootstrap(ax, ar, ratio=True, resamples=boot.get("resamples", 2000),
-                                  confidence=boot.get("confidence", 0.95),
-                                  seed=results["settings"]["config"]["federation"]["seed"])
-        except ValueError:
-            continue
-        if math.isfinite(iv.estimate):
+        iv = interval(runs, name, FEDIT, "rouge_l", ratio=True, **bootstrap_settings(results))
+        if not isinstance(iv, str) and math.isfinite(iv.estimate):
             out[name] = (iv.estimate, iv.low if math.isfinite(iv.low) else None,
                          iv.high if math.isfinite(iv.high) else None)
     return (out, "ROUGE-L of each system / FedIT's") if len(out) > 1 else ({}, "")
