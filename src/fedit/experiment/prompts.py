@@ -120,8 +120,9 @@ def _vicuna_messages(question: str, category: str, first: str, second: str) -> l
 
 
 PROMPTS = {
-    "fedit": JudgePrompt("fedit", "fedit's reviewer prompt (one line 'Scores: A B', 1-10)",
+    "fedit": JudgePrompt("fedit", "fedit's reviewer prompt, one reply line 'Scores: A B', 1-10",
                          _fedit_messages, parse_fedit),
-    "vicuna": JudgePrompt("vicuna", "FastChat's Vicuna reviewer prompts (general/coding/math, 1-10; "
-                          "fastchat/eval/table/prompt.jsonl)", _vicuna_messages, parse_vicuna),
+    "vicuna": JudgePrompt("vicuna", "FastChat's reviewer prompts of the original Vicuna evaluation, "
+                          "general/coding/math by category, 1-10, fastchat/eval/table/prompt.jsonl",
+                          _vicuna_messages, parse_vicuna),
 }
