@@ -236,3 +236,21 @@ def test_seeds_repeat_trained_systems_and_are_reused(tmp_path):
     assert len(before) == 5
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("systems/**/result.json")} == before
+
+
+def test_a_result_without_per_record_figures_is_reevaluated_not_retrained(experiment, tmp_path):
+    # a result.json written before per-record figures existed: reused in the report until rerun
+    out = _copy(experiment, tmp_path)
+    path = out / "systems" / "local-2" / "result.json"
+    old = json.loads(path.read_text())
+    del old["records"]
+    path.write_text(json.dumps(old))
+    trained = (out / "systems" / "local-2" / "train.json").stat().st_mtime_ns
+    assert main(_args(out, "--systems", "base")) == 0
+    comps = json.loads((out / "results.json").read_text())["comparisons"]
+    assert comps["local-2"]["loss"] == {"skipped": "no per-record figures (a result.json from an older fedit: "
+                                                   "rerun it with --systems NAME)"}
+    assert main(_args(out, "--systems", "local-2")) == 0
+    assert "records" in json.loads(path.read_text())
+    assert "estimate" in json.loads((out / "results.json").read_text())["comparisons"]["local-2"]["loss"]
+    assert (out / "systems" / "local-2" / "train.json").stat().st_mtime_ns == trained

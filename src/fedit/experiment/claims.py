@@ -73,7 +73,7 @@ def interval(runs: dict[str, dict[str, Any]], system: str, reference: str, metri
         return reason
     ax, ar = [metric_arrays(r, metric) for r in xs], [metric_arrays(r, metric) for r in refs]
     if any(a is None for a in ax + ar):
-        return "no per-record figures (a result.json from an older fedit: rerun it with --systems)"
+        return "no per-record figures (a result.json from an older fedit: rerun it with --systems NAME)"
     try:
         return paired_bootstrap(ax, ar, ratio=ratio, resamples=resamples, confidence=confidence, seed=seed)
     except ValueError as exc:

@@ -131,9 +131,12 @@ class Experiment:
         return result if result.get("spec") == spec_record(spec) else None
 
     def cached(self, plan: SeedPlan, spec: SystemSpec) -> dict[str, Any] | None:
-        """The stored result of ``spec`` if it was made with the current evaluation settings."""
+        """The stored result of ``spec`` if it was made with the current evaluation settings and
+        holds the per-record figures the intervals need (older ones are re-evaluated, not retrained)."""
         result = self.finished(plan, spec)
-        return result if result is not None and result.get("eval_settings") == self.settings.eval_record() else None
+        if result is None or "records" not in result:
+            return None
+        return result if result.get("eval_settings") == self.settings.eval_record() else None
 
     def run_system(self, plan: SeedPlan, spec: SystemSpec, tracker: ExperimentProgress) -> dict[str, Any]:
         """Train (or reload) one system of one seed, evaluate it and store its result.json."""
