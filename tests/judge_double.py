@@ -6,13 +6,21 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+# What OpenAI answers when a newer model is sent max_tokens (its error object, abridged).
+MAX_TOKENS_REJECTION = {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                   "Use 'max_completion_tokens' instead.",
+                        "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}
+
 
 class ScriptedJudgeServer:
     """A TEST DOUBLE of an OpenAI-compatible ``POST /v1/chat/completions`` endpoint on 127.0.0.1
-    (port 0, in a thread). It answers with the scripted (status, content) pairs in order and
-    records every request body and Authorization header; it is not a model."""
+    (port 0, in a thread). It answers with the scripted replies in order, each ``(status, content)``
+    or ``(status, content, headers)`` (e.g. ``{"Retry-After": "7"}``); an error status sends
+    OpenAI's error object with ``content`` as its message. With ``reject_max_tokens`` every request
+    that carries ``max_tokens`` gets OpenAI's 400 for newer models (not taken from the script).
+    It records every request body and Authorization header; it is not a model."""
 
-    def __init__(self, script: list[tuple[int, str]]) -> None:
+    def __init__(self, script: list[tuple], reject_max_tokens: bool = False) -> None:
         self.script, self.requests = list(script), []
         outer = self
 
@@ -21,13 +29,19 @@ class ScriptedJudgeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append({"path": self.path, "body": body,
                                        "auth": self.headers.get("Authorization")})
-                status, content = outer.script.pop(0) if outer.script else (200, "Scores: 5 5")
-                payload = {"choices": [{"message": {"role": "assistant", "content": content}}]} \
-                    if status == 200 else {"error": {"message": content}}
+                if reject_max_tokens and "max_tokens" in body:
+                    status, payload, headers = 400, {"error": MAX_TOKENS_REJECTION}, {}
+                else:
+                    status, content, *rest = outer.script.pop(0) if outer.script else (200, "Scores: 5 5")
+                    headers = rest[0] if rest else {}
+                    payload = {"choices": [{"message": {"role": "assistant", "content": content}}]} \
+                        if status == 200 else {"error": {"message": content}}
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -47,6 +61,8 @@ class ScriptedJudgeServer:
         self.server.server_close()
 
     def first_answer(self, i: int) -> str:
-        """The answer shown first to the judge in request ``i``."""
+        """The answer shown first to the judge in request ``i`` (fedit's or the Vicuna prompt)."""
         text = self.requests[i]["body"]["messages"][1]["content"]
-        return text.split("[Answer 1]\n")[1].split("\n\n[Answer 2]")[0]
+        if "[Answer 1]\n" in text:
+            return text.split("[Answer 1]\n")[1].split("\n\n[Answer 2]")[0]
+        return text.split("[The Start of Assistant 1's Answer]\n")[1].split("\n\n[The End of Assistant 1")[0]

@@ -156,6 +156,8 @@ class DataConfig(_Section):
     columns: str | None = _opt(None, "read records with other field names: FIELD=COLUMN pairs, e.g. "
                                "instruction=question,response=answer (fields: instruction, context, response, "
                                "category, messages, conversations)")
+    data_seed: int | None = _opt(None, "seed of the data split: partition and the --max-client-records / "
+                                 "--max-test-records subsamples (none: --seed)")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -221,7 +223,8 @@ class FederationConfig(_Section):
     strategy: str = _opt("fedavg", "server aggregation strategy", STRATEGY_NAMES)
     server_lr: float = _opt(1.0, "fedavgm: server learning rate")
     server_momentum: float = _opt(0.9, "fedavgm: server momentum")
-    seed: int = _opt(42, "seed of sampling, partitioning, LoRA init and local training")
+    seed: int = _opt(42, "seed of client sampling, LoRA init and local training (and of the data split "
+                         "unless --data-seed)")
     eval_batch_size: int = _opt(8, "examples per forward pass in central evaluation")
     keep_checkpoints: int = _opt(2, "how many round checkpoints to keep (the newest)")
     logger: str = _opt("auto", "experiment tracker fed with every metric (auto: tensorboard when installed, "

@@ -5,6 +5,8 @@ resumability and one-line errors."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,141 @@ def test_adapters_carry_tokenizer_and_card_and_results_their_provenance(experime
     assert AutoTokenizer.from_pretrained(experiment / "systems" / "fedit" / "final").chat_template
     prov = json.loads((experiment / "results.json").read_text())["provenance"]
     assert prov["fedit"] and "torch" in prov["libraries"] and prov["model"]["name"] == "tiny-random"
+
+
+def _copy(experiment: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(experiment, out)
+    return out
+
+
+def test_rerun_of_one_system_with_other_settings_keeps_the_others(experiment, tmp_path):
+    # issue 7, item 18: --systems base with another --gen-records used to drop every other system
+    out = _copy(experiment, tmp_path)
+    assert main(_args(out, "--systems", "base", "--gen-records", "4")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["systems"]) == ["base", "local-1", "local-2", "centralized", "fedit"]
+    assert results["systems"]["base"]["overall"]["generated"] == 4
+    assert set(results["stale"]) == {"local-1", "local-2", "centralized", "fedit"}
+    assert results["stale"]["fedit"]["gen_records"] == 6
+    md = (out / "report.md").read_text()
+    assert "Evaluated with other settings than this run's" in md and "**fedit** (gen_records 6," in md
+    row = next(line for line in md.splitlines() if line.startswith("| base |") and "FedIT" in line)
+    assert "not compared: generated with other settings" in row          # ROUGE-L is not compared ...
+    assert re.search(r"\| base \| [+-]\d\.\d{4} \[", row)                # ... held-out loss still is
+
+
+def _questions(tmp_path: Path) -> tuple[Path, Path]:
+    questions, answers = tmp_path / "question.jsonl", tmp_path / "answer_ref.jsonl"
+    questions.write_text('{"question_id": 1, "text": "How can I sleep better?", "category": "generic"}\n'
+                         '{"question_id": 2, "text": "What is 17 * 3?", "category": "math"}\n')
+    answers.write_text('{"question_id": 2, "model_id": "ref-model", "text": "51"}\n'
+                       '{"question_id": 1, "model_id": "ref-model", "text": "Keep a regular schedule."}\n')
+    return questions, answers
+
+
+def test_fig3_every_system_against_reference_answers_with_the_vicuna_prompt(experiment, tmp_path):
+    from fedit.experiment.prompts import VICUNA_SYSTEM
+
+    out = _copy(experiment, tmp_path)
+    questions, answers = _questions(tmp_path)
+    with ScriptedJudgeServer([(200, "8 6\nAssistant 1 is clearer.")] * 100) as server:
+        assert main(_args(out, "--systems", "fedit", "--judge-url", server.url, "--judge-model", "m",
+                          "--judge-repeats", "1", "--judge-prompt", "vicuna", "--judge-questions", str(questions),
+                          "--judge-reference", str(answers))) == 0
+    judge = json.loads((out / "results.json").read_text())["judge"]
+    assert judge["mode"] == "reference" and judge["reference_label"] == "ref-model"
+    assert set(judge["pairs"]) == {"base", "local-1", "local-2", "centralized", "fedit"}
+    pair = judge["pairs"]["fedit"]
+    assert (pair["a"], pair["b"], pair["verdicts"], pair["relative"]) == ("fedit", "reference", 4, 1.0)
+    assert all(r["body"]["messages"][0]["content"] == VICUNA_SYSTEM for r in server.requests)
+    shown = [server.first_answer(i) for i in range(2)]
+    assert "Keep a regular schedule." in shown                  # the reference answer of question_id 1
+    md = (out / "report.md").read_text()
+    assert "with the **vicuna** prompt" in md and "reference answers of ref-model" in md
+    assert "Relative score against the reference answers (paper Fig. 3)" in md
+    assert (out / "relative_scores.png").is_file()
+
+
+def test_reference_answers_must_match_the_questions(experiment, tmp_path, capsys):
+    questions, answers = _questions(tmp_path)
+    answers.write_text('{"question_id": 1, "text": "x"}\n')
+    assert main(_args(experiment, "--systems", "fedit", "--judge-url", "http://127.0.0.1:9/v1", "--judge-model",
+                      "m", "--judge-questions", str(questions), "--judge-reference", str(answers))) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--judge-reference: {answers} has no answer for question_id 2")
+    assert main(_args(experiment, "--judge-url", "http://x/v1", "--judge-model", "m", "--judge-reference",
+                      str(answers))) == 2
+    assert "--judge-reference: reference answers are matched by question_id" in capsys.readouterr().err
+
+
+def test_judge_http_400_stops_with_the_servers_message(experiment, tmp_path, capsys):
+    # issue 7, item 17: a 400 used to be retried as a network blip, then the run exited 0
+    out = _copy(experiment, tmp_path)
+    with ScriptedJudgeServer([(400, "Unsupported value: 'temperature' does not support 0.7 with this model.")] * 50
+                             ) as server:
+        rc = main(_args(out, "--systems", "fedit", "--judge-url", server.url, "--judge-model", "m",
+                        "--judge-repeats", "1", "--judge-max-questions", "2", "--judge-retries", "1"))
+    err = capsys.readouterr().err
+    assert rc == 2 and len(server.requests) == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith(
+        f"--judge-temperature: the judge endpoint {server.url}/chat/completions answered HTTP 400: "
+        "Unsupported value: 'temperature' does not support 0.7 with this model.")
+    assert (out / "report.md").is_file() and not (out / "relative_scores.png").exists()
+
+
+def test_a_judge_that_produced_nothing_draws_no_chart_and_fails(experiment, tmp_path, capsys):
+    out = _copy(experiment, tmp_path)
+    with ScriptedJudgeServer([(200, "I cannot judge this.")] * 200) as server:
+        rc = main(_args(out, "--systems", "fedit", "--judge-url", server.url, "--judge-model", "m",
+                        "--judge-repeats", "1", "--judge-max-questions", "2", "--judge-retries", "1"))
+    err = capsys.readouterr().err
+    judge = json.loads((out / "results.json").read_text())["judge"]
+    assert all(p["verdicts"] == 0 for p in judge["pairs"].values())
+    failed = 2 * 2 * len(judge["pairs"])              # 2 questions x 2 orders, each asked twice (--judge-retries 1)
+    assert len(server.requests) == 2 * failed
+    assert rc == 2 and "Traceback" not in err
+    assert f"--judge-url: the judge produced no valid verdict ({failed} unparsable verdicts failed); no " \
+           "relative-score chart was drawn" in err.strip().splitlines()[-1]
+    assert not (out / "relative_scores.png").exists()
+
+
+def test_seeds_repeat_trained_systems_and_are_reused(tmp_path):
+    out = tmp_path / "seeds"
+    args = _args(out, "--seeds", "2", "--local-baselines", "1", "--systems", "base,local,fedit", "--rounds", "1",
+                 "--local-steps", "2", "--gen-records", "2", "--max-new-tokens", "3")
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [42, 43]
+    assert {n: sorted(r) for n, r in results["runs"].items()} == {"base": ["42"], "local-1": ["42", "43"],
+                                                                  "fedit": ["42", "43"]}
+    assert not (out / "systems" / "seed-43" / "base").exists()
+    cfg = (out / "systems" / "seed-43" / "fedit" / "config.yaml").read_text()
+    assert "seed: 43" in cfg and "data_seed: 42" in cfg
+    fedit = results["summary"]["fedit"]["overall"]["loss"]
+    assert fedit["n"] == 2 and fedit["sd"] is not None
+    assert [results["runs"]["fedit"][s]["overall"]["loss"] for s in ("42", "43")] != [fedit["mean"]] * 2
+    md = (out / "report.md").read_text()
+    assert "mean ± sd over 2 seeds" in md and "Seeds: 42, 43 (training seeds; one data split)." in md
+    assert results["comparisons"]["local-1"]["loss"]["seeds"] == 2
+    before = {p: p.stat().st_mtime_ns for p in out.glob("systems/**/result.json")}
+    assert len(before) == 5
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("systems/**/result.json")} == before
+
+
+def test_a_result_without_per_record_figures_is_reevaluated_not_retrained(experiment, tmp_path):
+    # a result.json written before per-record figures existed: reused in the report until rerun
+    out = _copy(experiment, tmp_path)
+    path = out / "systems" / "local-2" / "result.json"
+    old = json.loads(path.read_text())
+    del old["records"]
+    path.write_text(json.dumps(old))
+    trained = (out / "systems" / "local-2" / "train.json").stat().st_mtime_ns
+    assert main(_args(out, "--systems", "base")) == 0
+    comps = json.loads((out / "results.json").read_text())["comparisons"]
+    assert comps["local-2"]["loss"] == {"skipped": "no per-record figures (a result.json from an older fedit: "
+                                                   "rerun it with --systems NAME)"}
+    assert main(_args(out, "--systems", "local-2")) == 0
+    assert "records" in json.loads(path.read_text())
+    assert "estimate" in json.loads((out / "results.json").read_text())["comparisons"]["local-2"]["loss"]
+    assert (out / "systems" / "local-2" / "train.json").stat().st_mtime_ns == trained

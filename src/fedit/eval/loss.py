@@ -42,12 +42,9 @@ def per_example_losses(model: torch.nn.Module, examples: Sequence[TokenizedExamp
     return out
 
 
-def evaluate_loss(model: torch.nn.Module, examples: Sequence[TokenizedExample], *,
-                  device: torch.device, autocast_dtype: torch.dtype | None, pad_id: int,
-                  batch_size: int = 8) -> dict[str, Any]:
-    """Token-weighted response loss and perplexity: ``overall`` and ``per_category``."""
-    losses = per_example_losses(model, examples, device=device, autocast_dtype=autocast_dtype,
-                                pad_id=pad_id, batch_size=batch_size)
+def summarize_losses(examples: Sequence[TokenizedExample], losses: Sequence[tuple[float, int]]) -> dict[str, Any]:
+    """Token-weighted response loss and perplexity of per-example ``(loss sum, tokens)``:
+    ``overall`` and ``per_category``."""
     by_cat: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
     for ex, (loss_sum, tokens) in zip(examples, losses):
         acc = by_cat[ex.category]
@@ -57,3 +54,12 @@ def evaluate_loss(model: torch.nn.Module, examples: Sequence[TokenizedExample], 
     total = [sum(v[i] for v in by_cat.values()) for i in range(3)]
     return {"overall": _summary(*total),
             "per_category": {c: _summary(*by_cat[c]) for c in sorted(by_cat)}}
+
+
+def evaluate_loss(model: torch.nn.Module, examples: Sequence[TokenizedExample], *,
+                  device: torch.device, autocast_dtype: torch.dtype | None, pad_id: int,
+                  batch_size: int = 8) -> dict[str, Any]:
+    """Token-weighted response loss and perplexity: ``overall`` and ``per_category``."""
+    losses = per_example_losses(model, examples, device=device, autocast_dtype=autocast_dtype,
+                                pad_id=pad_id, batch_size=batch_size)
+    return summarize_losses(examples, losses)

@@ -7,7 +7,7 @@ import json
 import logging
 
 from fedit.config import load_config, preset_names
-from fedit.experiment.settings import ExperimentSettings, JudgeSettings
+from fedit.experiment.settings import JUDGE_PROMPTS, ExperimentSettings, JudgeSettings
 
 # Every default below is read from the settings dataclasses: one default per setting.
 _E = ExperimentSettings()
@@ -17,8 +17,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "cpu-small"
 DESCRIPTION = ("Train and evaluate base, local-only (--local-baselines K), centralized and federated "
-               "(FedIT) systems on the same partition, seed and held-out data; write results.json, "
-               "report.md and report.html to --out. Rerunning on the same --out reuses finished systems.")
+               "(FedIT) systems on the same partition and held-out data, for one or more seeds (--seeds); "
+               "write results.json, report.md and report.html to --out. Claims are made only when a paired "
+               "bootstrap interval excludes no change. Rerunning on the same --out reuses finished systems. "
+               "See docs/evaluation.md.")
 
 
 def _count_or_all(text: str) -> int | None:
@@ -54,6 +56,15 @@ def add_parser(subparsers, add_config_flags, config_from_args) -> None:
                    help=f"categories scored with exact match (default {','.join(_E.em_categories)})")
     g.add_argument("--examples", type=int, default=_E.examples,
                    help=f"example responses in the report (default {_E.examples})")
+    g.add_argument("--seeds", type=int, default=_E.seeds, metavar="S",
+                   help="repeat every trained system with the seeds --seed .. --seed+S-1 and report mean ± sd "
+                        f"(default {_E.seeds})")
+    g.add_argument("--vary-partition", action="store_true", default=_E.vary_partition,
+                   help="each seed also draws its own data split (default: every seed uses the first seed's)")
+    g.add_argument("--bootstrap", type=int, default=_E.bootstrap, metavar="N",
+                   help=f"paired bootstrap resamples behind every claim (default {_E.bootstrap})")
+    g.add_argument("--confidence", type=float, default=_E.confidence,
+                   help=f"confidence level of the bootstrap intervals (default {_E.confidence})")
     j = p.add_argument_group("LLM judge (optional; an OpenAI-compatible chat-completions endpoint)")
     j.add_argument("--judge-url", help="base URL, e.g. https://api.openai.com/v1 (enables the judge)")
     j.add_argument("--judge-model", help="judge model name, e.g. gpt-4o")
@@ -68,7 +79,17 @@ def add_parser(subparsers, add_config_flags, config_from_args) -> None:
     j.add_argument("--judge-temperature", type=float, default=_J["temperature"],
                    help=f"judge sampling temperature (default {_J['temperature']})")
     j.add_argument("--judge-retries", type=int, default=_J["retries"],
-                   help=f"retries of a failed verdict (default {_J['retries']})")
+                   help="retries of a request that failed with HTTP 408/429/5xx or a network error (with "
+                        f"backoff or the server's Retry-After), and of an unparsable verdict (default {_J['retries']})")
+    j.add_argument("--judge-prompt", choices=JUDGE_PROMPTS, default=_J["prompt"],
+                   help="fedit: fedit's one-line reviewer prompt; vicuna: FastChat's reviewer prompts of the "
+                        f"original Vicuna evaluation (default {_J['prompt']})")
+    j.add_argument("--judge-reference", metavar="FILE", default=_J["reference"],
+                   help="judge every system against these reference answers (FastChat answer file: question_id, "
+                        "text; e.g. answer_gpt35.jsonl with --judge-questions eval_table_question.jsonl: the "
+                        "paper's Fig. 3) instead of against FedIT")
+    j.add_argument("--judge-max-tokens", type=int, default=_J["max_tokens"],
+                   help=f"the judge's reply length limit (default {_J['max_tokens']})")
     add_config_flags(p, preset=DEFAULT_PRESET)
     p.set_defaults(func=lambda args: cmd_experiment(args, config_from_args))
 
@@ -84,11 +105,15 @@ def settings_from_args(args: argparse.Namespace):
         judge = JudgeSettings(url=args.judge_url, model=args.judge_model, key_env=args.judge_key_env,
                               questions=args.judge_questions, max_questions=args.judge_max_questions,
                               repeats=args.judge_repeats, temperature=args.judge_temperature,
-                              retries=args.judge_retries)
+                              retries=args.judge_retries, prompt=args.judge_prompt,
+                              reference=args.judge_reference, max_tokens=args.judge_max_tokens)
+    elif args.judge_reference:
+        raise ConfigError("--judge-reference: needs the judge (--judge-url and --judge-model)")
     return ExperimentSettings(local_baselines=args.local_baselines, local_budget=args.local_budget,
                               systems=args.systems or list(SYSTEM_KINDS), gen_records=args.gen_records,
                               max_new_tokens=args.max_new_tokens, em_categories=args.em_categories,
-                              examples=args.examples, judge=judge)
+                              examples=args.examples, seeds=args.seeds, vary_partition=args.vary_partition,
+                              bootstrap=args.bootstrap, confidence=args.confidence, judge=judge)
 
 
 def cmd_experiment(args: argparse.Namespace, config_from_args) -> int:

@@ -1,6 +1,7 @@
 """Evaluate one system's adapter on the held-out data: response loss / perplexity on every test
-record (``fedit.eval.evaluate_loss``), greedy answers on a category-stratified subset
-(``fedit.eval.generate_answers``) scored with ROUGE-L and, for label-like categories, exact match.
+record (``fedit.eval.per_example_losses``, kept per record for the paired bootstrap), greedy
+answers on a category-stratified subset (``fedit.eval.generate_answers``) scored with ROUGE-L and,
+for label-like categories, exact match.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 
 from fedit.data import Example
 from fedit.data.prompts import TokenizedExample
-from fedit.eval import generate_answers
+from fedit.eval import generate_answers, per_example_losses, summarize_losses
 from fedit.experiment.metrics import score_answers, summarize_scores
 from fedit.model import AdapterState, set_adapter_state
 from fedit.runners.common import Workbench
@@ -61,18 +62,27 @@ def merge(loss: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
                              for c in cats}}
 
 
+def record_losses(bench: Workbench, state: AdapterState, test_tok: Sequence[TokenizedExample],
+                  batch_size: int) -> tuple[dict[str, Any], dict[str, list]]:
+    """The loss figures (overall, per category) and the per-record ``loss_sum`` / ``tokens`` lists."""
+    set_adapter_state(bench.model, state)
+    losses = per_example_losses(bench.model, test_tok, device=bench.base.device,
+                                autocast_dtype=bench.base.autocast_dtype, pad_id=bench.tokenizer.pad_token_id,
+                                batch_size=batch_size)
+    return summarize_losses(test_tok, losses), {"loss_sum": [a for a, _ in losses], "tokens": [t for _, t in losses]}
+
+
 def evaluate_system(bench: Workbench, state: AdapterState, test_tok: Sequence[TokenizedExample],
                     test: Sequence[Example], gen_idx: Sequence[int], *, template: str, eval_batch_size: int,
-                    max_new_tokens: int, em_categories: Sequence[str], loss: dict[str, Any] | None = None,
-                    on_batch=None) -> dict[str, Any]:
-    """Loss figures (or the given ``loss``, e.g. the fedit run's last round) plus text metrics."""
-    if loss is None:
-        loss = bench.evaluate(state, test_tok, eval_batch_size)
+                    max_new_tokens: int, em_categories: Sequence[str], on_batch=None) -> dict[str, Any]:
+    """Loss figures on every test record (kept per record) plus text metrics on ``gen_idx``."""
+    loss, records = record_losses(bench, state, test_tok, eval_batch_size)
     gen = [test[i] for i in gen_idx]
     answers = answer(bench, state, [(e.instruction, e.context) for e in gen], template=template,
                      max_new_tokens=max_new_tokens, on_batch=on_batch)
     rows = score_answers(answers, [e.response for e in gen], [e.category for e in gen], em_categories)
     result = merge(loss, summarize_scores(rows))
+    result["records"] = {**records, "category": [ex.category for ex in test_tok]}
     result["answers"] = [{"test_index": i, "category": e.category, "answer": a, **{k: v for k, v in r.items()
                                                                                    if k != "category"}}
                          for i, e, a, r in zip(gen_idx, gen, answers, rows)]

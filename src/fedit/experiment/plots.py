@@ -1,6 +1,9 @@
-"""The report's figures as PNG files (bare matplotlib Figures on the Agg canvas, no pyplot state):
-held-out loss per round of the federated run against the other systems' final loss, and the
-relative scores of every system against FedIT (the paper's Fig. 3)."""
+"""The report's figures as PNG files (bare matplotlib Figures on the Agg canvas, no pyplot state).
+
+Relative scores are drawn as dots with their bootstrap intervals against a line at 1 (the
+reference), on an axis fitted to the values: bars from 0 would flatten every difference between
+scores near 1. Labels go into legends, never next to lines, so close values cannot overlap.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-COLORS = {"base": "#7f7f7f", "centralized": "#2ca02c", "fedit": "#d62728"}
-LOCAL_COLOR = "#1f77b4"
+COLORS = {"base": "#7f7f7f", "centralized": "#2ca02c", "fedit": "#d62728", "reference": "#000000"}
+LOCAL_COLORS = ("#1f77b4", "#9467bd", "#17becf", "#8c564b", "#bcbd22", "#e377c2")
 
 
-def _color(name: str) -> str:
-    return COLORS.get(name, LOCAL_COLOR)
+def color(name: str) -> str:
+    if name.startswith("local-") and name[6:].isdigit():
+        return LOCAL_COLORS[(int(name[6:]) - 1) % len(LOCAL_COLORS)]
+    return COLORS.get(name, LOCAL_COLORS[0])
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
     fig.savefig(path, format="png", dpi=110)
     return path
 
@@ -31,69 +36,114 @@ def fedit_rounds(metrics_file: Path) -> list[tuple[int, float]]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             break
-        loss = rec.get("eval", {}).get("overall", {}).get("loss") if rec.get("type") == "round" else None
+        loss = (rec.get("eval") or {}).get("overall", {}).get("loss") if rec.get("type") == "round" else None
         if loss is not None:
             out[rec["round"]] = loss
     return sorted(out.items())
 
 
-def plot_loss_rounds(rounds: list[tuple[int, float]], finals: dict[str, float], path: Path) -> Path | None:
-    """FedIT's global held-out loss per round, with every other system's loss as a dashed line."""
-    from matplotlib.figure import Figure
+def _legend_right(ax) -> None:
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
 
-    if not rounds and not finals:
-        return None
-    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+
+def loss_rounds_figure(rounds: list[tuple[int, float]], finals: dict[str, float]):
+    """FedIT's global held-out loss per round; every other system's final loss as a dashed line,
+    named in the legend."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
     if rounds:
-        ax.plot([r for r, _ in rounds], [v for _, v in rounds], marker="o", color=_color("fedit"),
+        ax.plot([r for r, _ in rounds], [v for _, v in rounds], marker="o", color=color("fedit"),
                 label="fedit (global adapter)")
     for name, value in finals.items():
         if name != "fedit":
-            ax.axhline(value, linestyle="--", linewidth=1, color=_color(name), alpha=0.8)
-            ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), xytext=(3, 0),
-                        textcoords="offset points", va="center", fontsize=8, color=_color(name))
-    from matplotlib.ticker import MaxNLocator
+            ax.axhline(value, linestyle="--", linewidth=1, color=color(name), alpha=0.9,
+                       label=f"{name} after training ({value:.4f})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round (0 = before training)")
     ax.set_ylabel("held-out response loss")
-    ax.set_title("Global held-out loss per round (dashed: other systems after training)")
+    ax.set_title("Global held-out loss per round")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    return _save(fig, path)
+    _legend_right(ax)
+    return fig
 
 
-def plot_relative(scores: dict[str, float], label: str, path: Path) -> Path | None:
-    """Bars of each system's score relative to FedIT (FedIT = 1)."""
+def plot_loss_rounds(rounds: list[tuple[int, float]], finals: dict[str, float], path: Path) -> Path | None:
+    if not rounds and not finals:
+        return None
+    return save(loss_rounds_figure(rounds, finals), path)
+
+
+def relative_figure(scores: dict[str, tuple[float, float | None, float | None]], reference: str, title: str):
+    """Each system's relative score (system / ``reference``) as a dot with its interval; a line
+    at 1 marks the reference; the axis is fitted to the values (it does not start at 0)."""
     from matplotlib.figure import Figure
 
-    if not scores:
-        return None
     names = list(scores)
-    fig = Figure(figsize=(max(5.0, 1.0 + 0.9 * len(names)), 4.0), layout="constrained")
+    fig = Figure(figsize=(7.5, 1.2 + 0.45 * len(names)), layout="constrained")
     ax = fig.add_subplot()
-    ax.bar(names, [scores[n] for n in names], color=[_color(n) for n in names])
-    ax.axhline(1.0, color=_color("fedit"), linestyle="--", linewidth=1, label="fedit = 1")
-    for i, n in enumerate(names):
-        ax.annotate(f"{scores[n]:.2f}", (i, scores[n]), ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel(label)
-    ax.set_title(f"Relative score against FedIT ({label})")
+    lows, highs = [], []
+    for i, name in enumerate(names):
+        est, lo, hi = scores[name]
+        lo, hi = (est if lo is None else lo), (est if hi is None else hi)
+        lows.append(min(lo, est))
+        highs.append(max(hi, est))
+        ax.errorbar([est], [i], xerr=[[est - lo], [hi - est]], fmt="o", color=color(name), capsize=3)
+        ax.annotate(f"{est:.3f}", (est, i), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
+    ax.axvline(1.0, color=color(reference), linestyle="--", linewidth=1, label=f"{reference} = 1")
+    span = max(highs + [1.0]) - min(lows + [1.0])
+    pad = max(0.05 * span, 0.01)
+    ax.set_xlim(min(lows + [1.0]) - pad, max(highs + [1.0]) + pad)
+    ax.set_ylim(-0.7, len(names) - 0.3)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"relative score: system / {reference}")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def training_figure(curves: dict[str, list[tuple[int, float]]]):
+    """Training loss of every system on one x-axis: optimizer steps (FedIT: summed over each
+    round's clients, the budget centralized is given; one point per round)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for name, points in curves.items():
+        style = {"marker": "o", "linewidth": 2} if name == "fedit" else {"linewidth": 1, "alpha": 0.85}
+        ax.plot([s for s, _ in points], [v for _, v in points], color=color(name), label=name, **style)
+    ax.set_xlabel("optimizer steps (fedit: summed over each round's clients)")
+    ax.set_ylabel("training loss (response tokens)")
+    ax.set_title("Training loss of every system")
+    ax.grid(alpha=0.3)
+    _legend_right(ax)
+    return fig
+
+
+def category_figure(values: dict[str, dict[str, float]], metric: str):
+    """``metric`` per category (x) for every system (one dot series each, slightly offset)."""
+    from matplotlib.figure import Figure
+
+    cats = sorted({c for v in values.values() for c in v})
+    fig = Figure(figsize=(max(7.0, 1.2 * len(cats) + 2.5), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.7 / max(1, len(values))
+    for j, (name, per_cat) in enumerate(values.items()):
+        xs = [i - 0.35 + (j + 0.5) * width for i, c in enumerate(cats) if c in per_cat]
+        ax.plot(xs, [per_cat[c] for c in cats if c in per_cat], "o", color=color(name), label=name)
+    ax.set_xticks(range(len(cats)), cats, rotation=20, ha="right")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per category")
     ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    _legend_right(ax)
+    return fig
 
 
-def relative_scores(results: dict[str, Any]) -> tuple[dict[str, float], str]:
-    """system -> score relative to FedIT: the judge's total ratio when judged, else ROUGE-L ratio."""
-    pairs = results.get("judge", {}).get("pairs", {})
-    if pairs:
-        out = {"fedit": 1.0}
-        out.update({n: p["total_b"] / p["total_a"] for n, p in pairs.items() if p.get("total_a")})
-        return out, "judge score / FedIT's"
-    systems = results["systems"]
-    ref = systems.get("fedit", {}).get("overall", {}).get("rouge_l")
-    if not ref:
-        return {}, ""
-    return ({n: s["overall"]["rouge_l"] / ref for n, s in systems.items() if "rouge_l" in s["overall"]},
-            "ROUGE-L / FedIT's")
+def relative_title(section: dict[str, Any]) -> str:
+    s = section.get("settings", {})
+    return (f"judge {s.get('model')} ({s.get('prompt', 'fedit')} prompt), {section.get('questions')} "
+            f"questions: relative score against {section.get('reference_label', 'FedIT')}")

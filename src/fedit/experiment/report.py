@@ -6,83 +6,41 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from fedit.data import plot_partition
-from fedit.experiment.plots import fedit_rounds, plot_loss_rounds, plot_relative, relative_scores
+from fedit.experiment.claims import aggregate, claims, comparisons
+from fedit.experiment.report_tables import (Table, comparison_table, cost_table, figures, judge_intervals,
+                                            metric_tables, provenance_table, relative_scores, summary_lines)
 from fedit.fileio import atomic_write_text
 
-Table = tuple[str, list[str], list[list[str]]]   # (title, header, rows)
 
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def claims(results: dict[str, Any]) -> dict[str, Any]:
-    """The paper's claim, checked: FedIT vs every local-only system, and the share of centralized's
-    improvement over base that FedIT recovers, on held-out loss and ROUGE-L."""
-    s = {n: r["overall"] for n, r in results["systems"].items()}
-    out: dict[str, Any] = {}
-    if "fedit" not in s:
-        return out
-    locals_ = [n for n in s if n.startswith("local-")]
-    for metric, better in (("loss", min), ("rouge_l", max)):
-        f = s["fedit"].get(metric)
-        if f is None:
-            continue
-        if locals_:
-            out[f"fedit_beats_all_local_{metric}"] = all(better(f, s[n][metric]) == f and f != s[n][metric]
-                                                         for n in locals_)
-        if "base" in s and "centralized" in s:   # only meaningful when centralized improved on base
-            gain = s["centralized"][metric] - s["base"][metric]
-            improved = better(s["centralized"][metric], s["base"][metric]) == s["centralized"][metric]
-            out[f"recovered_{metric}"] = (f - s["base"][metric]) / gain if gain and improved else None
+def tables(results: dict[str, Any], agg: dict[str, Any]) -> list[Table]:
+    """Every table of the report, in order."""
+    out = metric_tables(results, agg)
+    ratios, _ = relative_scores({k: v for k, v in results.items() if k != "judge"})
+    for table in (comparison_table(results, results.get("comparisons", {}), ratios), _reference_table(results),
+                  cost_table(results), provenance_table(results)):
+        if table is not None:
+            out.append(table)
     return out
 
 
-def tables(results: dict[str, Any]) -> list[Table]:
-    systems = results["systems"]
-    cats = sorted({c for r in systems.values() for c in r["per_category"]})
-    pairs = results.get("judge", {}).get("pairs", {})
-    out = []
-    for title, key, digits in (("Held-out response loss (lower is better)", "loss", 4),
-                               ("Held-out perplexity", "perplexity", 2),
-                               ("ROUGE-L F1 of greedy answers (higher is better)", "rouge_l", 4)):
-        header = ["system", *cats, "overall"]
-        rows = [[n, *[_fmt(r["per_category"].get(c, {}).get(key), digits) for c in cats],
-                 _fmt(r["overall"].get(key), digits)] for n, r in systems.items()]
-        out.append((title, header, rows))
-    em_cats = [c for c in cats if any("exact_match" in r["per_category"].get(c, {}) for r in systems.values())]
-    if em_cats:
-        header = ["system", *[f"{c} EM" for c in em_cats], *[f"{c} contains" for c in em_cats]]
-        rows = [[n, *[_fmt(r["per_category"].get(c, {}).get("exact_match"), 3) for c in em_cats],
-                 *[_fmt(r["per_category"].get(c, {}).get("contains_match"), 3) for c in em_cats]]
-                for n, r in systems.items()]
-        out.append(("Normalized exact match / contains-match (label-like categories)", header, rows))
-    fedit = systems.get("fedit")
-    if fedit:
-        header = ["baseline", "FedIT loss − baseline loss", "FedIT ROUGE-L / baseline's"]
-        if pairs:
-            header += ["judge: FedIT total / baseline total", "verdicts", "failed verdicts", "unscored questions"]
-        rows = []
-        for n, r in systems.items():
-            if n == "fedit":
-                continue
-            f, b = fedit["overall"], r["overall"]
-            ratio = f["rouge_l"] / b["rouge_l"] if b.get("rouge_l") else None
-            row = [n, _fmt(f["loss"] - b["loss"]), _fmt(ratio, 3)]
-            if pairs:
-                p = pairs.get(n, {})
-                row += [_fmt(p.get("relative"), 3), _fmt(p.get("verdicts")),
-                        _fmt(sum(p.get("failures", {}).values())), _fmt(p.get("unscored_questions"))]
-            rows.append(row)
-        out.append(("Relative score of FedIT against each baseline", header, rows))
-    return out
+def _reference_table(results: dict[str, Any]) -> Table | None:
+    j = results.get("judge") or {}
+    if j.get("mode") != "reference":
+        return None
+    conf = results["settings"].get("bootstrap", {}).get("confidence", 0.95)
+    cis = judge_intervals(results)
+    rows = []
+    for n, p in j.get("pairs", {}).items():
+        ci = cis.get(n)
+        rows.append([n, f"{ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "–",
+                     str(p.get("verdicts")), ", ".join(f"{k} {v}" for k, v in p.get("failures", {}).items()) or "0",
+                     str(p.get("unscored_questions"))])
+    return (f"Judge: every system against the reference answers of {j.get('reference_label')} (paper Fig. 3)",
+            ["system", f"system total / reference total [{conf:.0%} CI]", "verdicts", "failed verdicts",
+             "unscored questions"], rows)
 
 
 def examples(results: dict[str, Any], test: Sequence[Any], n: int) -> list[dict[str, Any]]:
@@ -101,24 +59,10 @@ def examples(results: dict[str, Any], test: Sequence[Any], n: int) -> list[dict[
         ex = test[answers[pos]["test_index"]]
         out.append({"instruction": ex.instruction, "context": ex.context, "category": ex.category,
                     "reference": ex.response,
-                    "answers": {name: r["answers"][pos]["answer"] for name, r in systems.items()
-                                if len(r["answers"]) > pos}})
+                    "answers": {name: by_index[answers[pos]["test_index"]] for name, r in systems.items()
+                                if answers[pos]["test_index"] in (by_index := {a["test_index"]: a["answer"]
+                                                                              for a in r.get("answers", [])})}})
     return out
-
-
-def figures(results: dict[str, Any], out: Path, partition: dict[str, Any]) -> dict[str, Path]:
-    figs: dict[str, Path] = {}
-    plot_partition(partition, out / "categories.png")
-    figs["Records per category per client (paper Fig. 2)"] = out / "categories.png"
-    finals = {n: r["overall"]["loss"] for n, r in results["systems"].items()}
-    p = plot_loss_rounds(fedit_rounds(out / "systems" / "fedit" / "metrics.jsonl"), finals, out / "loss_per_round.png")
-    if p:
-        figs["Global held-out loss per round"] = p
-    scores, label = relative_scores(results)
-    p = plot_relative(scores, label, out / "relative_scores.png")
-    if p:
-        figs[f"Relative score against FedIT: {label} (paper Fig. 3)"] = p
-    return figs
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -127,38 +71,10 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc[1:]])
 
 
-def _summary_lines(results: dict[str, Any]) -> list[str]:
-    s = results["settings"]
-    c, lines = results.get("claims", {}), []
-    cfg = s["config"]
-    lines.append(f"Model `{cfg['model']['model']}`, data `{cfg['data']['data']}` ({cfg['data']['partition']} "
-                 f"partition), {cfg['federation']['rounds']} rounds of {cfg['federation']['clients_per_round']} "
-                 f"clients ({cfg['federation']['strategy']}), seed {cfg['federation']['seed']}; held-out "
-                 f"`{cfg['data']['test_data']}`: {s['test_records']} records for loss, "
-                 f"{s['generation']['records']} generated greedily "
-                 f"(max {s['generation']['max_new_tokens']} new tokens).")
-    lines.append(f"Budget rule: {s['budget_rule']}")
-    mix = s.get("local_mix", {})
-    if mix:
-        lines.append("Local clients, chosen for different category mixes (largest client first, then each the "
-                     "farthest in total variation from those chosen): " + "; ".join(
-                         f"**{n}** = client {results['local_clients'][n]} ("
-                         + ", ".join(f"{c} {k}" for c, k in m.items()) + ")" for n, m in mix.items()))
-    lines.append("Systems: " + "; ".join(f"**{x['name']}**: {x['description']}" for x in s["systems"]))
-    for metric, name in (("loss", "held-out loss"), ("rouge_l", "ROUGE-L")):
-        if f"fedit_beats_all_local_{metric}" in c:
-            lines.append(f"FedIT beats every local-only system on {name}: "
-                         f"**{'yes' if c[f'fedit_beats_all_local_{metric}'] else 'no'}**.")
-        if c.get(f"recovered_{metric}") is not None:
-            lines.append(f"FedIT recovers **{100 * c[f'recovered_{metric}']:.0f}%** of centralized's "
-                         f"{name} improvement over base.")
-    return lines
-
-
-def write_markdown(results: dict[str, Any], figs: dict[str, Path], out: Path) -> Path:
+def write_markdown(results: dict[str, Any], agg: dict[str, Any], figs: dict[str, Path], out: Path) -> Path:
     parts = ["# fedit experiment: base vs local-only vs centralized vs FedIT", ""]
-    parts += [f"- {line}" for line in _summary_lines(results)] + [""]
-    for title, header, rows in tables(results):
+    parts += [f"- {line}" for line in summary_lines(results)] + [""]
+    for title, header, rows in tables(results, agg):
         parts += [f"## {title}", "", _md_table(header, rows), ""]
     for title, path in figs.items():
         parts += [f"## {title}", "", f"![{title}]({path.name})", ""]
@@ -185,7 +101,7 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;p
        "td{white-space:pre-wrap}img{max-width:100%}")
 
 
-def write_html(results: dict[str, Any], figs: dict[str, Path], out: Path) -> Path:
+def write_html(results: dict[str, Any], agg: dict[str, Any], figs: dict[str, Path], out: Path) -> Path:
     def md_inline(text: str) -> str:
         text = html.escape(text)
         for mark, tag in (("**", "b"), ("`", "code")):
@@ -194,8 +110,8 @@ def write_html(results: dict[str, Any], figs: dict[str, Path], out: Path) -> Pat
         return text
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>fedit experiment</title>"
              f"<style>{CSS}</style></head><body><h1>fedit experiment: base vs local-only vs centralized vs FedIT</h1>",
-             "<ul>" + "".join(f"<li>{md_inline(line)}</li>" for line in _summary_lines(results)) + "</ul>"]
-    for title, header, rows in tables(results):
+             "<ul>" + "".join(f"<li>{md_inline(line)}</li>" for line in summary_lines(results)) + "</ul>"]
+    for title, header, rows in tables(results, agg):
         parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}")
     for title, path in figs.items():
         data = base64.b64encode(path.read_bytes()).decode()
@@ -217,12 +133,19 @@ def write_html(results: dict[str, Any], figs: dict[str, Path], out: Path) -> Pat
 def write_report(results: dict[str, Any], out: Path, partition: dict[str, Any], test: Sequence[Any],
                  n_examples: int) -> dict[str, Path]:
     """Write results.json, the figures, report.md and report.html into ``out``."""
-    results["claims"] = claims(results)
+    results.setdefault("runs", {n: {str(r.get("seed", 0)): r} for n, r in results["systems"].items()})
+    agg = aggregate(results["runs"])
+    results["comparisons"] = comparisons(results)
+    results["claims"] = claims(results, results["comparisons"])
     results["examples"] = examples(results, test, n_examples)
     results["settings"]["partition"] = partition
-    slim = {**results, "systems": {n: {k: v for k, v in r.items() if k != "answers"}
-                                   for n, r in results["systems"].items()}}
+    results["summary"] = agg
+    drop = ("answers", "records")
+    slim = {**results, "systems": {n: {k: v for k, v in r.items() if k not in drop}
+                                   for n, r in results["systems"].items()},
+            "runs": {n: {s: {k: v for k, v in r.items() if k not in drop} for s, r in by_seed.items()}
+                     for n, by_seed in results["runs"].items()}}
     atomic_write_text(out / "results.json", json.dumps(slim, indent=2, default=float) + "\n")
-    figs = figures(results, out, partition)
-    return {"results": out / "results.json", "markdown": write_markdown(results, figs, out),
-            "html": write_html(results, figs, out), **{p.stem: p for p in figs.values()}}
+    figs = figures(results, agg, out, partition)
+    return {"results": out / "results.json", "markdown": write_markdown(results, agg, figs, out),
+            "html": write_html(results, agg, figs, out), **{p.stem: p for p in figs.values()}}

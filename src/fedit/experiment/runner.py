@@ -1,21 +1,27 @@
-"""``fedit experiment``: base vs local-only vs centralized vs FedIT on one partition, one seed and
-one held-out set, with one resident model whose adapter is swapped in memory between systems.
+"""``fedit experiment``: base vs local-only vs centralized vs FedIT on one partition and one
+held-out set, for one or more training seeds, with one resident model whose adapter is swapped in
+memory between systems.
 
 Layout of ``--out``::
 
-    experiment.json            the run config every system was made with (reruns must match)
-    systems/NAME/result.json   a finished system: its spec, training and evaluation (the marker)
-    systems/NAME/adapter/      its PEFT adapter (fedit: systems/fedit is a whole `fedit run` dir)
-    judge/                     cached judge verdicts, one file per pair
+    experiment.json                 the run config every system was made with (reruns must match)
+    systems/NAME/result.json        a finished system of the first seed: spec, training, evaluation
+    systems/NAME/adapter/           its PEFT adapter (fedit: systems/fedit is a whole `fedit run` dir)
+    systems/seed-N/NAME/            the same for the later seeds of --seeds
+    judge/                          cached judge verdicts, one file per pair
     results.json, report.md, report.html, *.png
 
 A rerun on the same ``--out`` reuses every system whose result.json matches its spec and the
 evaluation settings, re-evaluates a system whose adapter exists but whose evaluation settings
-changed, and resumes a half-finished fedit run from its last checkpoint.
+changed, and resumes a half-finished fedit run from its last checkpoint. Systems not selected by
+``--systems`` stay in the report as they are; those evaluated with other settings than this run's
+are listed as such and left out of the text-metric comparisons (their held-out loss does not
+depend on those settings and is still compared).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -23,22 +29,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fedit.client.job import ClientJob, run_job
 from fedit.config import Config, flag
 from fedit.errors import ConfigError
 from fedit.experiment.evaluate import GEN_BATCH, evaluate_system, generation_subset
+from fedit.experiment.seeds import SeedPlan, seed_config, seeded_initial_state, split_owners
 from fedit.experiment.settings import ExperimentSettings
-from fedit.experiment.systems import (SystemSpec, budget_rule, choose_local_clients, plan_systems,
-                                      spec_record)
+from fedit.experiment.systems import SystemSpec, budget_rule, choose_local_clients, plan_systems, spec_record
 from fedit.experiment.tracking import ExperimentProgress, units
-from fedit.model import AdapterState, load_adapter_state, model_origin, save_adapter
+from fedit.experiment.training import fedit_training, train_baseline
+from fedit.fileio import atomic_write_text, remove_stale_temporaries
+from fedit.model import AdapterState, model_origin
 from fedit.progress import Progress
 from fedit.provenance import provenance
-from fedit.fileio import atomic_write_text, remove_stale_temporaries
-from fedit.runners.common import build_workbench, ensure_dir, load_clients, load_test
+from fedit.runners.common import build_workbench, data_seed, ensure_dir, load_clients, load_test
 from fedit.runners.simulation import Simulation
 from fedit.server import check_methods
-from fedit.runners.summary import model_card
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +51,7 @@ RESULT = "result.json"
 
 
 class Experiment:
-    """setup() -> run_system() for each selected system -> collect(); ``run()`` does all three."""
+    """setup() -> run_system() for each selected system and seed -> collect(); ``run()`` does all three."""
 
     def __init__(self, cfg: Config, settings: ExperimentSettings, out: str | Path,
                  progress: Progress | None = None) -> None:
@@ -55,25 +60,34 @@ class Experiment:
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
-        cfg = self.cfg
-        if cfg.data.test_data is None:
+        if self.cfg.data.test_data is None:
             raise ConfigError("--test-data: an experiment needs held-out data to compare systems on")
-        check_methods(cfg)
+        check_methods(self.cfg)
         self._claim_out_dir()
-        self.clients = load_clients(cfg)
-        self.test = load_test(cfg)
-        self.bench = build_workbench(cfg)
-        self.client_tok = [self.bench.tokenize(c, cfg.data) for c in self.clients]
-        self.test_tok = self.bench.tokenize(self.test, cfg.data, train_on_prompt=False)
-        self.local_clients = choose_local_clients(self.clients, self.settings.local_baselines)
-        if len(self.local_clients) < self.settings.local_baselines:
-            logger.warning("only %d non-empty clients: %d local baselines instead of %d", len(self.local_clients),
-                           len(self.local_clients), self.settings.local_baselines)
-        self.specs = plan_systems(cfg, [len(t) for t in self.client_tok], self.local_clients,
-                                  self.settings.local_budget)
-        self.gen_idx = generation_subset(self.test, self.settings.gen_records, cfg.federation.seed)
+        self.bench = build_workbench(self.cfg)
+        splits: dict[int, tuple] = {}
+        self.plans = [self._plan(i, seed_config(self.cfg, i, self.settings.vary_partition, data_seed(self.cfg)),
+                                 splits) for i in range(self.settings.seeds)]
+        self.base_seeds = split_owners(self.plans)
         for spec in self.specs:
             logger.info("system %s: %s", spec.name, spec.describe())
+
+    def _plan(self, index: int, cfg: Config, splits: dict[int, tuple]) -> SeedPlan:
+        key = data_seed(cfg)
+        if key not in splits:
+            clients, test = load_clients(cfg), load_test(cfg)
+            local = choose_local_clients(clients, self.settings.local_baselines)
+            if len(local) < self.settings.local_baselines:
+                logger.warning("only %d non-empty clients: %d local baselines instead of %d", len(local),
+                               len(local), self.settings.local_baselines)
+            splits[key] = (clients, test, [self.bench.tokenize(c, cfg.data) for c in clients],
+                           self.bench.tokenize(test, cfg.data, train_on_prompt=False), local)
+        clients, test, client_tok, test_tok, local = splits[key]
+        specs = plan_systems(cfg, [len(t) for t in client_tok], local, self.settings.local_budget)
+        init = self.bench.initial_state if index == 0 else seeded_initial_state(self.bench.initial_state,
+                                                                                 cfg.federation.seed)
+        return SeedPlan(index, cfg, clients, test, client_tok, test_tok, local, specs,
+                        generation_subset(test, self.settings.gen_records, key), init)
 
     def _claim_out_dir(self) -> None:
         marker = self.out / "experiment.json"
@@ -88,124 +102,148 @@ class Experiment:
             remove_stale_temporaries(folder)  # what an interrupted write left
         atomic_write_text(marker, json.dumps({"config": self.cfg.to_dict()}, indent=2) + "\n")
 
-    # -- systems -----------------------------------------------------------------------------
-    def system_dir(self, name: str) -> Path:
-        return self.out / "systems" / name
+    # The first seed's view (the judge, the example answers and the partition figure use it).
+    @property
+    def first(self) -> SeedPlan:
+        return self.plans[0]
 
-    def cached(self, spec: SystemSpec) -> dict[str, Any] | None:
-        """The stored result of ``spec`` if it was made with the same spec and evaluation settings."""
-        path = self.system_dir(spec.name) / RESULT
+    @property
+    def specs(self) -> list[SystemSpec]:
+        return self.first.specs
+
+    @property
+    def clients(self):
+        return self.first.clients
+
+    @property
+    def test(self):
+        return self.first.test
+
+    @property
+    def gen_idx(self) -> list[int]:
+        return self.first.gen_idx
+
+    # -- systems -----------------------------------------------------------------------------
+    def system_dir(self, name: str, plan: SeedPlan | None = None) -> Path:
+        return (plan or self.first).folder(self.out) / name
+
+    def finished(self, plan: SeedPlan, spec: SystemSpec) -> dict[str, Any] | None:
+        """The stored result of ``spec`` (whatever its evaluation settings), or None."""
+        path = self.system_dir(spec.name, plan) / RESULT
         if not path.is_file():
             return None
         result = json.loads(path.read_text())
-        if result.get("spec") != spec_record(spec):
-            return None
-        if result.get("eval_settings") != self.settings.eval_record():
-            return None
-        return result
+        return result if result.get("spec") == spec_record(spec) else None
 
-    def run_system(self, spec: SystemSpec, tracker: ExperimentProgress) -> dict[str, Any]:
-        """Train (or reload) one system, evaluate it and store its result.json."""
+    def cached(self, plan: SeedPlan, spec: SystemSpec) -> dict[str, Any] | None:
+        """The stored result of ``spec`` if it was made with the current evaluation settings and
+        holds the per-record figures the intervals need (older ones are re-evaluated, not retrained)."""
+        result = self.finished(plan, spec)
+        if result is None or "records" not in result:
+            return None
+        return result if result.get("eval_settings") == self.settings.eval_record() else None
+
+    def run_system(self, plan: SeedPlan, spec: SystemSpec, tracker: ExperimentProgress) -> dict[str, Any]:
+        """Train (or reload) one system of one seed, evaluate it and store its result.json."""
         start = time.perf_counter()
-        ensure_dir(self.system_dir(spec.name))
-        state, train, loss = self._trained_state(spec, tracker)
+        ensure_dir(self.system_dir(spec.name, plan))
+        state, train = self._trained_state(plan, spec, tracker)
+        eval_start = time.perf_counter()
         gen_unit = units(gen_batches=1, max_new_tokens=self.settings.max_new_tokens)
-        with tracker.phase(f"{spec.name} generation", self._eval_batches(), scale=gen_unit) as bar:
-            result = evaluate_system(self.bench, state, self.test_tok, self.test, self.gen_idx,
-                                     template=self.cfg.data.template,
-                                     eval_batch_size=self.cfg.federation.eval_batch_size,
+        with tracker.phase(f"{spec.name} generation", self._gen_batches(plan), scale=gen_unit) as bar:
+            result = evaluate_system(self.bench, state, plan.test_tok, plan.test, plan.gen_idx,
+                                     template=plan.cfg.data.template,
+                                     eval_batch_size=plan.cfg.federation.eval_batch_size,
                                      max_new_tokens=self.settings.max_new_tokens,
-                                     em_categories=self.settings.em_categories, loss=loss,
-                                     on_batch=lambda: bar.advance())
-        tracker.skip(self._loss_units() * (self.cfg.federation.rounds + 1 if spec.kind == "fedit" else 1))
-        result = {"spec": spec_record(spec), "eval_settings": self.settings.eval_record(),
-                  "train": train, "seconds": time.perf_counter() - start, **result}
-        atomic_write_text(self.system_dir(spec.name) / RESULT, json.dumps(result, indent=1, default=float) + "\n")
+                                     em_categories=self.settings.em_categories, on_batch=lambda: bar.advance())
+        tracker.skip(self._loss_units(plan))
+        now = time.perf_counter()
+        result = {"spec": spec_record(spec), "eval_settings": self.settings.eval_record(), "seed": plan.seed,
+                  "train": train, "seconds": now - start, "eval_seconds": now - eval_start, **result}
+        atomic_write_text(self.system_dir(spec.name, plan) / RESULT,
+                          json.dumps(result, indent=1, default=float) + "\n")
         o = result["overall"]
-        logger.info("%s: held-out loss %.4f, ppl %.2f, ROUGE-L %.4f (%.0f s)", spec.name, o["loss"],
-                    o["perplexity"], o.get("rouge_l", float("nan")), result["seconds"])
+        logger.info("%s (seed %d): held-out loss %.4f, ppl %.2f, ROUGE-L %.4f (%.0f s)", spec.name, plan.seed,
+                    o["loss"], o["perplexity"], o.get("rouge_l", float("nan")), result["seconds"])
         return result
 
-    def _eval_batches(self) -> int:
-        return -(-len(self.gen_idx) // GEN_BATCH)
+    def _gen_batches(self, plan: SeedPlan) -> int:
+        return -(-len(plan.gen_idx) // GEN_BATCH)
 
-    def _loss_units(self) -> float:
-        return units(loss_batches=-(-len(self.test_tok) // self.cfg.federation.eval_batch_size))
+    def _loss_units(self, plan: SeedPlan) -> float:
+        return units(loss_batches=-(-len(plan.test_tok) // plan.cfg.federation.eval_batch_size))
 
-    def _trained_state(self, spec: SystemSpec, tracker: ExperimentProgress
-                       ) -> tuple[AdapterState, dict[str, Any], dict[str, Any] | None]:
-        """(adapter state, training record, loss figures if already known)."""
+    def _trained_state(self, plan: SeedPlan, spec: SystemSpec, tracker: ExperimentProgress
+                       ) -> tuple[AdapterState, dict[str, Any]]:
+        """(adapter state, training record)."""
+        folder = self.system_dir(spec.name, plan)
         if spec.kind == "base":
-            return self.bench.initial_state, {"steps": 0}, None
+            return plan.initial_state, {"steps": 0, "tokens": 0, "seconds": 0.0}
         if spec.kind == "fedit":
-            return self._run_fedit(spec, tracker)
-        adapter_dir = self.system_dir(spec.name) / "adapter"
-        stored = self.system_dir(spec.name) / "train.json"
-        if adapter_dir.is_dir() and stored.is_file():
-            train = json.loads(stored.read_text())
-            if train.get("spec") == spec_record(spec):
-                logger.info("%s: reusing the trained adapter in %s", spec.name, adapter_dir)
-                tracker.skip(spec.steps)
-                return load_adapter_state(adapter_dir), train, None
-        examples = self.client_tok[spec.client] if spec.kind == "local" else \
-            [ex for part in self.client_tok for ex in part]
-        client_id = spec.client if spec.kind == "local" else len(self.clients)  # centralized: its own id
-        job = ClientJob(client_id, 0, self.bench.initial_state, {"local_steps": spec.steps})
-        with tracker.phase(f"{spec.name} steps", spec.steps) as bar:
-            update, _ = run_job(self.bench.trainer, job, examples, self.cfg.train, seed=self.cfg.federation.seed,
-                                on_step=lambda step, total, loss: bar.advance(loss=loss))
-        train = {"spec": spec_record(spec), "examples": len(examples), **update.metrics}
-        card = model_card(self.cfg.model.model, [f"System {spec.name} of a fedit experiment: {spec.describe()} "
-                                                 f"(batch {self.cfg.train.batch_size}, lr {self.cfg.train.lr:g})"],
-                          model_origin(self.cfg.model.model, self.bench.base.path), adapter_dir)
-        save_adapter(self.bench.model, update.state, adapter_dir, self.bench.base.path,
-                     tokenizer=self.bench.tokenizer, card=card)
-        atomic_write_text(stored, json.dumps(train, indent=1, default=float) + "\n")
-        return update.state, train, None
-
-    def _run_fedit(self, spec: SystemSpec, tracker: ExperimentProgress):
-        run = Simulation(self.cfg, self.system_dir(spec.name), resume=True, progress=tracker.forwarding(),
-                         bench=self.bench).run()
-        last = run.history[-1] if run.history else {}
-        train = {"rounds": self.cfg.federation.rounds, "steps": spec.steps,
-                 "train_loss": last.get("train_loss")}
-        return run.state, train, last.get("eval") or None
+            bench = dataclasses.replace(self.bench, initial_state=plan.initial_state)
+            run = Simulation(plan.cfg, folder, resume=True, progress=tracker.forwarding(), bench=bench).run()
+            return run.state, fedit_training(folder / "metrics.jsonl", plan.cfg.federation.rounds, spec.steps)
+        return train_baseline(self.bench, plan, spec, folder, tracker)
 
     # -- whole experiment ---------------------------------------------------------------------
+    def work(self) -> list[tuple[SeedPlan, SystemSpec]]:
+        """Every (seed, system) the selected systems stand for; base once per data split."""
+        names = [s.name for s in self.specs]
+        selected = set(self.settings.selected(names))
+        return [(p, s) for p in self.plans for s in p.specs if s.name in selected
+                and (s.kind != "base" or p.index in self.base_seeds)]
+
     def run(self) -> dict[str, Any]:
         self.setup()
-        names = [s.name for s in self.specs]
-        todo = [s for s in self.specs if s.name in self.settings.selected(names)]
-        results: dict[str, dict[str, Any]] = {}
+        fresh: dict[tuple[int, str], dict[str, Any]] = {}
         pending = []
-        for spec in todo:
-            hit = self.cached(spec)
+        for plan, spec in self.work():
+            hit = self.cached(plan, spec)
             if hit is not None:
-                logger.info("%s: finished earlier, reusing %s", spec.name, self.system_dir(spec.name) / RESULT)
-                results[spec.name] = hit
+                logger.info("%s (seed %d): finished earlier, reusing it", spec.name, plan.seed)
+                fresh[plan.index, spec.name] = hit
             else:
-                pending.append(spec)
-        tracker = ExperimentProgress(self.progress, self._work_estimate(pending))
-        with tracker:
-            for spec in pending:
-                results[spec.name] = self.run_system(spec, tracker)
-        return self.collect(results)
+                pending.append((plan, spec))
+        with ExperimentProgress(self.progress, self._work_estimate(pending)) as tracker:
+            for plan, spec in pending:
+                fresh[plan.index, spec.name] = self.run_system(plan, spec, tracker)
+        return self.collect(fresh)
 
-    def _work_estimate(self, specs: list[SystemSpec]) -> float:
+    def _work_estimate(self, pending: list[tuple[SeedPlan, SystemSpec]]) -> float:
         """Work units of the pending systems: training steps, generation and loss passes (fedit:
         one per round and one before training); see fedit.experiment.tracking.units."""
-        gen = units(gen_batches=self._eval_batches(), max_new_tokens=self.settings.max_new_tokens)
-        loss_passes = sum(self.cfg.federation.rounds + 1 if s.kind == "fedit" else 1 for s in specs)
-        return sum(s.steps for s in specs if s.kind != "base") + len(specs) * gen + loss_passes * self._loss_units()
+        total = 0.0
+        for plan, s in pending:
+            passes = plan.cfg.federation.rounds + 2 if s.kind == "fedit" else 1
+            total += (s.steps if s.kind != "base" else 0) + passes * self._loss_units(plan) + units(
+                gen_batches=self._gen_batches(plan), max_new_tokens=self.settings.max_new_tokens)
+        return total
 
-    def collect(self, fresh: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """Every finished system in --out (this run's and earlier ones'), in report order."""
-        systems = {}
-        for spec in self.specs:
-            result = fresh.get(spec.name) or self.cached(spec)
-            if result is not None:
-                systems[spec.name] = result
-        return {"systems": systems, "settings": self.settings_record(),
+    def collect(self, fresh: dict[tuple[int, str], dict[str, Any]]) -> dict[str, Any]:
+        """Every finished system in --out (this run's and earlier ones', every seed), in report order;
+        those evaluated with other settings than this run's are listed under ``stale``."""
+        runs: dict[str, dict[str, dict[str, Any]]] = {}
+        stale: dict[str, dict[str, Any]] = {}
+        current = self.settings.eval_record()
+        for plan in self.plans:
+            for spec in plan.specs:
+                if spec.kind == "base" and plan.index not in self.base_seeds:
+                    continue
+                result = fresh.get((plan.index, spec.name)) or self.finished(plan, spec)
+                if result is None:
+                    continue
+                result.setdefault("seed", plan.seed)
+                runs.setdefault(spec.name, {})[str(plan.seed)] = result
+                if result.get("eval_settings") != current:
+                    stale.setdefault(spec.name, result.get("eval_settings") or {})
+        order = [s.name for s in self.specs] + [n for n in runs if n not in {s.name for s in self.specs}]
+        runs = {n: runs[n] for n in order if n in runs}
+        first = str(self.first.seed)
+        if stale:
+            logger.warning("evaluated with other settings than this run's (kept, marked in the report; rerun "
+                           "them with --systems to re-evaluate): %s", ", ".join(stale))
+        return {"systems": {n: r[first] for n, r in runs.items() if first in r}, "runs": runs, "stale": stale,
+                "seeds": [p.seed for p in self.plans], "settings": self.settings_record(),
                 "local_clients": {s.name: s.client for s in self.specs if s.kind == "local"},
                 "provenance": {**provenance(), "model": model_origin(self.cfg.model.model, self.bench.base.path)}}
 
@@ -216,7 +254,10 @@ class Experiment:
                 "systems": [spec_record(x) for x in self.specs],
                 "generation": {**s.eval_record(), "batch_size": GEN_BATCH, "records": len(self.gen_idx),
                                "test_indices": self.gen_idx},
-                "test_records": len(self.test), "test_examples_scored": len(self.test_tok),
+                "seeds": {"count": s.seeds, "values": [p.seed for p in self.plans],
+                          "vary_partition": s.vary_partition, "data_seeds": [data_seed(p.cfg) for p in self.plans]},
+                "bootstrap": {"resamples": s.bootstrap, "confidence": s.confidence},
+                "test_records": len(self.test), "test_examples_scored": len(self.first.test_tok),
                 "local_mix": {x.name: dict(Counter(e.category for e in self.clients[x.client]).most_common())
                               for x in self.specs if x.kind == "local"}}
 
@@ -234,18 +275,31 @@ def run_experiment(cfg: Config, settings: ExperimentSettings, out: str | Path, *
     """Run (or resume) an experiment and write its report; returns a short summary.
 
     ``judge``: a :class:`fedit.experiment.judge.Judge` to use instead of one built from
-    ``settings.judge`` (tests).
+    ``settings.judge`` (tests). A judge that fails (a fatal HTTP error, an unreachable endpoint)
+    or produces no verdict at all still leaves the report of everything else, then raises.
     """
     from fedit.data import partition_stats
-    from fedit.experiment.judging import judge_systems
+    from fedit.experiment.judge_client import JudgeError
+    from fedit.experiment.judging import judge_systems, no_verdicts
     from fedit.experiment.report import write_report
+    from fedit.provenance import provenance
 
     exp = Experiment(cfg, settings, out, progress)
     results = exp.run()
+    results.setdefault("provenance", provenance())
+    error: JudgeError | None = None
     if settings.judge is not None or judge is not None:
-        results["judge"] = judge_systems(exp, results["systems"], judge, exp.progress)
+        try:
+            results["judge"] = judge_systems(exp, results, judge, exp.progress)
+        except JudgeError as exc:
+            error = exc
     files = write_report(results, exp.out, partition_stats(exp.clients), exp.test, settings.examples)
     logger.info("report written to %s", files["html"])
+    if error is not None:
+        raise error
+    if results.get("judge") and no_verdicts(results["judge"]):
+        raise JudgeError(f"--judge-url: the judge produced no valid verdict ({no_verdicts(results['judge'])}); "
+                         f"no relative-score chart was drawn; the rest of the report is in {files['html']}")
     return {"out": str(exp.out), "report": str(files["html"]), "claims": results["claims"],
             "systems": {n: {k: r["overall"].get(k) for k in ("loss", "perplexity", "rouge_l")}
                         for n, r in results["systems"].items()}}

@@ -11,6 +11,7 @@ from fedit.errors import ConfigError
 
 LOCAL_BUDGETS = ("every-round", "expected")
 SYSTEM_KINDS = ("base", "local", "centralized", "fedit")
+JUDGE_PROMPTS = ("fedit", "vicuna")
 
 
 def _require(cond: bool, flag: str, msg: str) -> None:
@@ -30,6 +31,9 @@ class JudgeSettings:
     repeats: int = 3                  # per order; 2 orders -> 2 * repeats judgments per question
     temperature: float = 0.7
     retries: int = 4
+    prompt: str = "fedit"             # fedit's one-line reviewer prompt, or FastChat's Vicuna reviewer prompts
+    reference: str | None = None      # FastChat answer file: every system is judged against these answers
+    max_tokens: int = 1024            # the judge's reply length limit (FastChat's reviewers used 1024)
     backoff_s: float = 1.0
     timeout_s: float = 120.0
 
@@ -42,6 +46,12 @@ class JudgeSettings:
         _require(self.max_questions is None or self.max_questions >= 1, "--judge-max-questions",
                  f"must be at least 1, got {self.max_questions}")
         _require(0 <= self.temperature <= 2, "--judge-temperature", f"must be in [0, 2], got {self.temperature}")
+        _require(self.prompt in JUDGE_PROMPTS, "--judge-prompt",
+                 f"{self.prompt!r} is not one of {', '.join(JUDGE_PROMPTS)}")
+        _require(self.max_tokens >= 1, "--judge-max-tokens", f"must be at least 1, got {self.max_tokens}")
+        _require(self.reference is None or self.questions != "dolly", "--judge-reference",
+                 "reference answers are matched by question_id: give --judge-questions FILE too "
+                 "(e.g. eval_table_question.jsonl for answer_gpt35.jsonl)")
 
     def api_key(self) -> str | None:
         return os.environ.get(self.key_env) or None
@@ -60,6 +70,10 @@ class ExperimentSettings:
     max_new_tokens: int = 64
     em_categories: list[str] = field(default_factory=lambda: ["classification"])
     examples: int = 3
+    seeds: int = 1                        # every trained system is repeated with seeds --seed, --seed+1, ...
+    vary_partition: bool = False          # each seed also draws its own data split (default: the first seed's)
+    bootstrap: int = 2000                 # paired bootstrap resamples of the test records
+    confidence: float = 0.95              # of the bootstrap intervals behind every claim
     judge: JudgeSettings | None = None
 
     def __post_init__(self) -> None:
@@ -70,6 +84,9 @@ class ExperimentSettings:
                  f"must be at least 1 (or all), got {self.gen_records}")
         _require(self.max_new_tokens >= 1, "--max-new-tokens", f"must be at least 1, got {self.max_new_tokens}")
         _require(self.examples >= 0, "--examples", f"must be >= 0, got {self.examples}")
+        _require(self.seeds >= 1, "--seeds", f"must be at least 1, got {self.seeds}")
+        _require(self.bootstrap >= 100, "--bootstrap", f"must be at least 100, got {self.bootstrap}")
+        _require(0.5 <= self.confidence < 1, "--confidence", f"must be in [0.5, 1), got {self.confidence}")
         for name in self.systems:
             known = name in ("base", "local", "centralized", "fedit") or _local_index(name) is not None
             _require(known, "--systems", f"unknown system {name!r} (known: base, local, local-1..local-K, "

@@ -83,6 +83,12 @@ def enable_gradient_checkpointing(model: Any) -> None:
     logger.info("gradient checkpointing on: activations are recomputed in the backward pass")
 
 
+def data_seed(cfg: Config) -> int:
+    """The seed of the data split (partition, client and test subsamples): --data-seed, else --seed.
+    An experiment with several seeds keeps it fixed so that only training varies."""
+    return cfg.data.data_seed if cfg.data.data_seed is not None else cfg.federation.seed
+
+
 def subsample(examples: list[Example], limit: int | None, rng: np.random.Generator) -> list[Example]:
     """At most ``limit`` records, drawn without replacement, original order kept."""
     if limit is None or len(examples) <= limit:
@@ -94,7 +100,7 @@ def subsample(examples: list[Example], limit: int | None, rng: np.random.Generat
 def client_subsample(examples: list[Example], cfg: Config, client_id: int) -> list[Example]:
     """--max-client-records applied to one client; depends only on (seed, client id), so a
     Flower node holding that client's file draws the same subset as the simulation."""
-    rng = np.random.default_rng([cfg.federation.seed, 1, client_id])
+    rng = np.random.default_rng([data_seed(cfg), 1, client_id])
     return subsample(examples, cfg.data.max_client_records, rng)
 
 
@@ -104,7 +110,7 @@ def load_clients(cfg: Config) -> list[list[Example]]:
     examples, report = load_source(data.data, columns=data.columns)
     logger.info("training data %s: %s", data.data, report.summary())
     partitioner = make_partitioner(data.partition, num_partitions=data.num_clients,
-                                   seed=cfg.federation.seed, alpha=data.alpha,
+                                   seed=data_seed(cfg), alpha=data.alpha,
                                    min_partition_size=data.min_client_size,
                                    shards_per_client=data.shards_per_client)
     parts = partitioner.partition(examples)
@@ -120,7 +126,7 @@ def load_test(cfg: Config) -> list[Example]:
         return []
     examples, report = load_source(cfg.data.test_data, columns=cfg.data.columns)
     logger.info("test data %s: %s", cfg.data.test_data, report.summary())
-    return subsample(examples, cfg.data.max_test_records, np.random.default_rng([cfg.federation.seed, 2]))
+    return subsample(examples, cfg.data.max_test_records, np.random.default_rng([data_seed(cfg), 2]))
 
 
 def no_examples_reason(client_id: int, records: int, max_len: int) -> str:
