@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from fedit.client.scaffold import scaffold_correction
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
 from fedit.errors import ConfigError
@@ -67,6 +68,8 @@ CLIENT_KEYS: dict[str, ClientKey] = {
     "proximal_mu": ClientKey(float, "FedProx: weight of the proximal term mu/2 ||w - w_global||^2"),
     "lr": ClientKey(float, "local learning rate of this round (overrides --lr)"),
     "local_steps": ClientKey(int, "optimizer steps of this round (overrides --local-steps/--local-epochs)"),
+    "scaffold": ClientKey(bool, "SCAFFOLD: correct every step's gradient by c - c_i (c in the job's "
+                          "'scaffold_c' array, c_i in the client state) and send the variate delta back"),
 }
 
 
@@ -93,7 +96,7 @@ def job_train_config(train: TrainConfig, config: Mapping[str, Any]) -> TrainConf
     return dataclasses.replace(train, **changes) if changes else train
 
 
-def proximal_correction(job: ClientJob, device: torch.device) -> Correction | None:
+def proximal_correction(job: ClientJob, device: torch.device, state: ClientState) -> Correction | None:
     """FedProx: the gradient of mu/2 * ||w - w_global||^2, i.e. mu * (w - w_global)."""
     mu = float(job.config.get("proximal_mu", 0.0))
     if mu <= 0:
@@ -109,8 +112,12 @@ def proximal_correction(job: ClientJob, device: torch.device) -> Correction | No
     return correct
 
 
-# Builders of the gradient corrections a job asks for: (job, device) -> Correction or None.
-CORRECTIONS: list[Callable[[ClientJob, torch.device], Correction | None]] = [proximal_correction]
+# Builds the correction a job asks for, or None: (job, device, client state) -> Correction | None.
+# The client state is this job's own copy (what run_job returns): a correction that learns
+# something during training (SCAFFOLD's gradient mean) leaves it there for a client transform.
+CorrectionBuilder = Callable[[ClientJob, torch.device, ClientState], Correction | None]
+# The builders, applied in this order (SCAFFOLD first: its gradient mean is of the data loss alone).
+CORRECTIONS: list[CorrectionBuilder] = [scaffold_correction, proximal_correction]
 
 
 def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train: TrainConfig, *,
@@ -123,7 +130,7 @@ def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train
     """
     check_client_config(job.config)
     state: ClientState = dict(client_state or {})
-    corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device)) is not None]
+    corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device, state)) is not None]
     update = trainer.fit(job.state, examples, job_train_config(train, job.config), seed=seed,
                          round_idx=job.round, client_id=job.client_id, corrections=corrections,
                          on_step=on_step)

@@ -22,8 +22,10 @@ def strategy_class(name: str) -> type[Strategy]:
 
 
 def method_kwargs(cls: type[Strategy], cfg: Config) -> dict[str, Any]:
-    """The keyword arguments ``cls`` declares beyond the base ones, read from the config."""
-    flat = cfg.flat()
+    """The keyword arguments ``cls`` declares beyond the base ones, read from the config
+    (``server_lr`` resolved: an unset --server-lr takes the strategy's default, see
+    fedit.config.default_server_lr)."""
+    flat = {**cfg.flat(), "server_lr": cfg.federation.effective_server_lr}
     kwargs = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):

@@ -16,6 +16,7 @@ from fedit.server.strategy import Strategy
 
 class FedAvgM(Strategy):
     name = "fedavgm"
+    factor_state = True
 
     def __init__(self, *, server_lr: float, server_momentum: float, **base: Any) -> None:
         super().__init__(**base)

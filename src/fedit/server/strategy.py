@@ -22,6 +22,13 @@ from fedit.server.sampling import ClientSampler
 
 class Strategy(ABC):
     name: ClassVar[str] = "base"
+    # Keeps server state per LoRA-factor coordinate across rounds (momentum, moments, control
+    # variates): such state only makes sense if the factors keep their meaning from round to round,
+    # which a re-factorisation of the aggregate (product-svd) does not preserve.
+    factor_state: ClassVar[bool] = False
+    # Every client must train the full global adapter (e.g. SCAFFOLD's control variates have the
+    # global adapter's shapes), so clients with smaller ranks or fewer modules are refused.
+    needs_full_adapter: ClassVar[bool] = False
 
     def __init__(self, *, num_clients: int, clients_per_round: int, seed: int) -> None:
         self.num_clients = num_clients
@@ -42,7 +49,9 @@ class Strategy(ABC):
 
     def receive(self, job: ClientJob, update: ClientUpdate) -> ClientUpdate:
         """A reply as the server reads it, before it is checked against ``job``: the identity here;
-        a wrapper may decode it (e.g. decompress an update)."""
+        a wrapper may decode it (e.g. decompress an update), a method may check its own parts of it
+        (SCAFFOLD's control-variate delta). Raise :class:`fedit.errors.UpdateError` (one line, naming
+        the client) to drop a reply that cannot be used: the round goes on without it."""
         return update
 
     def aggregate_train(self, round_idx: int, global_state: AdapterState,
@@ -91,6 +100,14 @@ class StrategyWrapper(Strategy):
     @property
     def sampler(self) -> ClientSampler:  # type: ignore[override]
         return self.inner.sampler
+
+    @property
+    def factor_state(self) -> bool:  # type: ignore[override]
+        return self.inner.factor_state
+
+    @property
+    def needs_full_adapter(self) -> bool:  # type: ignore[override]
+        return self.inner.needs_full_adapter
 
     def describe(self) -> str:
         return f"{self.name}({self.inner.describe()})"
