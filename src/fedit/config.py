@@ -26,10 +26,11 @@ TEMPLATE_NAMES = ("chat", "alpaca")
 
 # The one rule for --server-lr's default. FedAvgM and SCAFFOLD step by server_lr * (mean - global):
 # 1.0 is the plain average (FedAvg's step). The adaptive optimizers move each coordinate by about
-# server_lr * m / (sqrt(v) + tau), i.e. by up to server_lr per round whatever the size of the clients'
-# movement, so their server_lr must be of the order of what one round of local training moves a LoRA
-# weight (local steps x --lr, ~1e-3 here), not Reddi et al.'s 1e-2..1e-1 for full models trained by
-# SGD; OpenFedLLM (Ye et al., 2024) uses 1e-3 for FedAdam/FedYogi/FedAdagrad on LoRA adapters too.
+# server_lr * m / (sqrt(v) + tau), i.e. by up to server_lr per round whatever the clients' movement,
+# so their server_lr must be of the order of what one round of local training moves a LoRA weight
+# (at most local steps x --lr: ~1e-3 in the presets), not Reddi et al.'s 1e-2..1e-1 for whole models
+# trained by SGD; OpenFedLLM (Ye et al., 2024) uses 1e-3 for the same methods on LoRA adapters.
+# See docs/methods.md.
 ADAPTIVE_SERVER_LR = 1e-3
 ADAPTIVE_STRATEGIES = ("fedadam", "fedyogi", "fedadagrad")
 
