@@ -16,8 +16,8 @@ constant lr, y_i = x - lr * sum_k (g_k + c - c_i), so (x - y_i) / (K * lr) = mea
 option II *is* the mean of the step gradients (tests/unit/test_scaffold.py checks the identity).
 fedit's clients train with AdamW, where (x - y_i) / (K * lr) is the mean AdamW step direction
 m_hat / (sqrt(v_hat) + eps) (plus weight decay): a unit-free number of order 1 per coordinate,
-not a gradient. Used as a gradient correction it would add terms orders of magnitude larger than
-the LoRA gradients and drown the data's signal. So fedit computes what option II estimates, the
+not a gradient. Used as a gradient correction it would add terms three to five orders of magnitude
+larger than the LoRA gradients (measured on SmolLM2: docs/methods.md) and drown the data's signal. So fedit computes what option II estimates, the
 mean gradient along the local trajectory, directly: exact option II under SGD, in the right units
 under AdamW, at the cost of one adapter-sized buffer during training and no extra pass.
 """
