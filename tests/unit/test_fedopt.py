@@ -134,6 +134,15 @@ def test_server_state_flags():
             if strategy_class_flag(n, "needs_full_adapter")] == ["scaffold"]
 
 
+def test_wrappers_report_the_flags_of_the_strategy_they_wrap():
+    from fedit.server import StrategyWrapper
+
+    wrapped = StrategyWrapper(make_strategy("scaffold", server_lr=1.0, num_clients=2, clients_per_round=1, seed=0))
+    assert wrapped.factor_state is True and wrapped.needs_full_adapter is True
+    plain = StrategyWrapper(make_strategy("fedavg", num_clients=2, clients_per_round=1, seed=0))
+    assert plain.factor_state is False and plain.needs_full_adapter is False
+
+
 def strategy_class_flag(name, attr):
     from fedit.server import strategy_class
     return getattr(strategy_class(name), attr)
