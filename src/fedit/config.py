@@ -32,6 +32,22 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 LOGGERS = ("auto", "none", "tensorboard", "mlflow", "wandb")
 
 
+# The one rule for --server-lr's default. FedAvgM and SCAFFOLD step by server_lr * (mean - global):
+# 1.0 is the plain average (FedAvg's step). The adaptive optimizers move each coordinate by about
+# server_lr * m / (sqrt(v) + tau), i.e. by up to server_lr per round whatever the clients' movement,
+# so their server_lr must be of the order of what one round of local training moves a LoRA weight
+# (at most local steps x --lr: ~1e-3 in the presets), not Reddi et al.'s 1e-2..1e-1 for whole models
+# trained by SGD; OpenFedLLM (Ye et al., 2024) uses 1e-3 for the same methods on LoRA adapters.
+# See docs/methods.md.
+ADAPTIVE_SERVER_LR = 1e-3
+ADAPTIVE_STRATEGIES = ("fedadam", "fedyogi", "fedadagrad")
+
+
+def default_server_lr(strategy: str) -> float:
+    """--server-lr when it is not given: 1e-3 for the adaptive optimizers, else 1.0."""
+    return ADAPTIVE_SERVER_LR if strategy in ADAPTIVE_STRATEGIES else 1.0
+
+
 def flag(name: str) -> str:
     """The CLI flag of a config field."""
     return "--" + name.replace("_", "-")
@@ -221,8 +237,15 @@ class FederationConfig(_Section):
     clients_per_round: int | None = _opt(5, "clients sampled each round (or use --fraction)")
     fraction: float | None = _opt(None, "share of clients sampled each round; overrides --clients-per-round")
     strategy: str = _opt("fedavg", "server aggregation strategy", STRATEGY_NAMES)
-    server_lr: float = _opt(1.0, "fedavgm: server learning rate")
+    server_lr: float | None = _opt(None, "server learning rate of fedavgm, scaffold and the adaptive optimizers; "
+                                   f"unset: {ADAPTIVE_SERVER_LR:g} for {', '.join(ADAPTIVE_STRATEGIES)}, 1.0 "
+                                   "for the others")
     server_momentum: float = _opt(0.9, "fedavgm: server momentum")
+    server_beta1: float = _opt(0.9, "fedadam, fedyogi, fedadagrad: decay of the server's first moment "
+                               "(momentum of the pseudo-gradient; 0 turns it off)")
+    server_beta2: float = _opt(0.99, "fedadam, fedyogi: decay of the server's second moment")
+    server_tau: float = _opt(1e-3, "fedadam, fedyogi, fedadagrad: adaptivity (added to sqrt(v); the "
+                             "moments start at v = tau^2)")
     seed: int = _opt(42, "seed of client sampling, LoRA init and local training (and of the data split "
                          "unless --data-seed)")
     eval_batch_size: int = _opt(8, "examples per forward pass in central evaluation")
@@ -239,13 +262,22 @@ class FederationConfig(_Section):
                  f"must be in (0, 1], got {self.fraction}")
         _require(self.clients_per_round is not None or self.fraction is not None, "clients_per_round",
                  "set --clients-per-round or --fraction")
-        _require(self.server_lr > 0, "server_lr", f"must be positive, got {self.server_lr}")
+        _require(self.server_lr is None or self.server_lr > 0, "server_lr",
+                 f"must be positive, got {self.server_lr}")
+        for name in ("server_beta1", "server_beta2"):
+            _require(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
+        _require(self.server_tau > 0, "server_tau", f"must be positive, got {self.server_tau}")
         _require(0 <= self.server_momentum < 1, "server_momentum",
                  f"must be in [0, 1), got {self.server_momentum}")
         _require(0 <= self.seed < 2**63, "seed", f"must be in [0, 2**63), got {self.seed}")
         _require(self.eval_batch_size >= 1, "eval_batch_size", f"must be at least 1, got {self.eval_batch_size}")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints",
                  f"must be at least 1, got {self.keep_checkpoints}")
+
+    @property
+    def effective_server_lr(self) -> float:
+        """--server-lr, or the default of this run's strategy when it is not set."""
+        return self.server_lr if self.server_lr is not None else default_server_lr(self.strategy)
 
     def clients_to_sample(self, num_clients: int, source: str = "--num-clients") -> int:
         """How many clients one round samples, given how many exist; ``source`` says where that

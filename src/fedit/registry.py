@@ -17,6 +17,10 @@ STRATEGIES: dict[str, str] = {
     "fedavg": "fedit.server.fedavg:FedAvg",
     "fedavgm": "fedit.server.fedavgm:FedAvgM",
     "fedprox": "fedit.server.fedprox:FedProx",
+    "fedadam": "fedit.server.fedadam:FedAdam",
+    "fedyogi": "fedit.server.fedyogi:FedYogi",
+    "fedadagrad": "fedit.server.fedadagrad:FedAdagrad",
+    "scaffold": "fedit.server.scaffold:Scaffold",
 }
 
 # Server-side wrappers, applied innermost first: name -> "module:function". Each function has the
@@ -31,6 +35,7 @@ WRAPPERS: dict[str, str] = {
 # name -> "module:function" with the signature ``transform(update, job, client_state) -> update``;
 # each reads its own keys of the job's client config and returns the update unchanged without them.
 CLIENT_TRANSFORMS: dict[str, str] = {
+    "scaffold": "fedit.client.scaffold:scaffold_variates",   # SCAFFOLD: c_i+ and delta_c_i after training
     "dp": "fedit.privacy.dp:dp_client_transform",      # DP-FedAvg: clip the update (+ local noise)
 }
 

@@ -231,3 +231,13 @@ def test_pooled_release_refuses_product_svd_and_uneven_adapters(flag, value):
     with pytest.raises(ConfigError, match=f"^{name} sums updates of one shape"):
         check_methods(base.override({"lora_aggregation": "zero-pad", "client_ranks": "8,4"}))
     check_methods(base.override({"lora_aggregation": "ffa"}))
+
+
+@pytest.mark.parametrize("flag, value", [("dp_clip", 1.0), ("secure_aggregation", True)])
+def test_pooled_release_refuses_scaffold(flag, value):
+    from fedit.server.build import check_methods
+
+    cfg = Config().override({"num_clients": 4, "clients_per_round": 2, flag: value, "strategy": "scaffold",
+                             **({"dp_noise_multiplier": 1.0} if flag == "dp_clip" else {})})
+    with pytest.raises(ConfigError, match="releases only the mean of the clients' updates, but --strategy scaffold"):
+        check_methods(cfg)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from fedit.client.scaffold import scaffold_correction
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
 from fedit.errors import ConfigError
@@ -99,6 +100,8 @@ CLIENT_KEYS: dict[str, ClientKey] = {
     "lr_schedule": ClientKey(str, "per-step schedule shape (constant, cosine, linear); lr is its peak"),
     "lr_warmup_steps": ClientKey(int, "per-step schedule: warmup length in local steps"),
     "lr_total_rounds": ClientKey(int, "per-step schedule: the rounds the schedule spans"),
+    "scaffold": ClientKey(bool, "SCAFFOLD: correct every step's gradient by c - c_i (c in the job's "
+                          "'scaffold_c' array, c_i in the client state) and send the variate delta back"),
 }
 
 
@@ -133,7 +136,7 @@ def job_lora(config: Mapping[str, Any]) -> tuple[int | None, str] | None:
     return (None if rank is None else int(rank)), str(config.get("lora_targets", "all-linear"))
 
 
-def proximal_correction(job: ClientJob, device: torch.device) -> Correction | None:
+def proximal_correction(job: ClientJob, device: torch.device, state: ClientState) -> Correction | None:
     """FedProx: the gradient of mu/2 * ||w - w_global||^2, i.e. mu * (w - w_global)."""
     mu = float(job.config.get("proximal_mu", 0.0))
     if mu <= 0:
@@ -162,8 +165,12 @@ def step_schedule(job: ClientJob) -> Callable[[int, int], float] | None:
     return lambda step, steps: step_lr(peak, shape, job.round, rounds, step, steps, warmup)
 
 
-# Builders of the gradient corrections a job asks for: (job, device) -> Correction or None.
-CORRECTIONS: list[Callable[[ClientJob, torch.device], Correction | None]] = [proximal_correction]
+# Builds the correction a job asks for, or None: (job, device, client state) -> Correction | None.
+# The client state is this job's own copy (what run_job returns): a correction that learns
+# something during training (SCAFFOLD's gradient mean) leaves it there for a client transform.
+CorrectionBuilder = Callable[[ClientJob, torch.device, ClientState], Correction | None]
+# The builders, applied in this order (SCAFFOLD first: its gradient mean is of the data loss alone).
+CORRECTIONS: list[CorrectionBuilder] = [scaffold_correction, proximal_correction]
 
 
 def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train: TrainConfig, *,
@@ -176,7 +183,7 @@ def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train
     """
     check_client_config(job.config)
     state: ClientState = dict(client_state or {})
-    corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device)) is not None]
+    corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device, state)) is not None]
     update = trainer.fit(job.state, examples, job_train_config(train, job.config), seed=seed,
                          round_idx=job.round, client_id=job.client_id, corrections=corrections,
                          on_step=on_step, lora=job_lora(job.config), lr_at_step=step_schedule(job))

@@ -109,7 +109,7 @@ class Federation:
         replies = self.transport.train(jobs)
         sent = {job.client_id: job for job in jobs}
         updates, failures = self._sort_replies(round_idx, replies)
-        updates = [self.strategy.receive(sent[u.client_id], u) for u in updates]
+        updates = self._receive(sent, updates, failures)
         good, bad = filter_updates({cid: job.state for cid, job in sent.items()}, updates)
         failures += bad
         valid = sum(len(member_ids(u)) for u in good)  # a pooled (secure) reply counts its members
@@ -152,6 +152,18 @@ class Federation:
                                   "num_examples": num_examples, **metrics})
             updates.append(reply)
         return updates, failures
+
+    def _receive(self, sent: dict[int, ClientJob], updates: Sequence[ClientUpdate],
+                 failures: list[str]) -> list[ClientUpdate]:
+        """Each update as the strategy reads it; one it refuses (UpdateError) is dropped and logged."""
+        received = []
+        for update in updates:
+            try:
+                received.append(self.strategy.receive(sent[update.client_id], update))
+            except UpdateError as exc:
+                logger.warning("dropping update: %s", exc)
+                failures.append(str(exc))
+        return received
 
     def _check_aggregate(self, round_idx: int, state: AdapterState) -> None:
         """Never save or send an aggregate that is not finite (a diverged or poisoned round)."""

@@ -25,8 +25,10 @@ def strategy_class(name: str) -> type[Strategy]:
 
 
 def method_kwargs(cls: type[Strategy], cfg: Config) -> dict[str, Any]:
-    """The keyword arguments ``cls`` declares beyond the base ones, read from the config."""
-    flat = cfg.flat()
+    """The keyword arguments ``cls`` declares beyond the base ones, read from the config
+    (``server_lr`` resolved: an unset --server-lr takes the strategy's default, see
+    fedit.config.default_server_lr)."""
+    flat = {**cfg.flat(), "server_lr": cfg.federation.effective_server_lr}
     kwargs = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
@@ -99,6 +101,9 @@ def check_methods(cfg: Config, layouts: Sequence[ClientLora] | None = None,
     ranks_flag, targets_flag = flags
     pooling = [flag for flag, on in (("--dp-clip", cfg.privacy.dp), ("--secure-aggregation",
                                                                       cfg.privacy.secure_aggregation)) if on]
+    if pooling and cls.needs_each_update:
+        raise ConfigError(f"{pooling[0]} releases only the mean of the clients' updates, but {cls.needs_each_update} "
+                          "needs each client's own reply: drop one of them")
     if pooling and agg == "product-svd":
         raise ConfigError(f"{pooling[0]} releases only the mean of the clients' factors, but --lora-aggregation "
                           "product-svd needs each client's own B and A: use factors, zero-pad or ffa with it")

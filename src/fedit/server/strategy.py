@@ -74,7 +74,9 @@ class Strategy(ABC):
 
     def receive(self, job: ClientJob, update: ClientUpdate) -> ClientUpdate:
         """A reply as the server reads it, before it is checked against ``job``: the identity here;
-        a wrapper may decode it (e.g. decompress an update)."""
+        a wrapper may decode it (e.g. decompress an update), a method may check its own parts of it
+        (SCAFFOLD's control-variate delta). Raise :class:`fedit.errors.UpdateError` (one line, naming
+        the client) to drop a reply that cannot be used: the round goes on without it."""
         return update
 
     def aggregate_train(self, round_idx: int, global_state: AdapterState,
@@ -159,6 +161,14 @@ class StrategyWrapper(Strategy):
     @property
     def sampler(self) -> ClientSampler:  # type: ignore[override]
         return self.inner.sampler
+
+    @property
+    def factor_state(self) -> bool:  # type: ignore[override]
+        return self.inner.factor_state
+
+    @property
+    def needs_full_adapter(self) -> bool:  # type: ignore[override]
+        return self.inner.needs_full_adapter
 
     def describe(self) -> str:
         return f"{self.name}({self.inner.describe()})"
