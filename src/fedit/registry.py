@@ -22,12 +22,18 @@ STRATEGIES: dict[str, str] = {
 # Server-side wrappers, applied innermost first: name -> "module:function". Each function has the
 # signature ``wrap(strategy, cfg) -> Strategy`` and returns ``strategy`` unchanged when the run's
 # config does not ask for it (see fedit.server.wrappers).
-WRAPPERS: dict[str, str] = {}
+WRAPPERS: dict[str, str] = {
+    "robust": "fedit.server.defences:wrap",        # --robust: median, trimmed-mean, krum, multi-krum, norm-bound
+    "compress": "fedit.comm.compress:wrap",        # --compress: asks for coded updates, decodes them (receive)
+}
 
 # Client-side transforms of an update, applied in this order after local training:
 # name -> "module:function" with the signature ``transform(update, job, client_state) -> update``;
 # each reads its own keys of the job's client config and returns the update unchanged without them.
-CLIENT_TRANSFORMS: dict[str, str] = {}
+CLIENT_TRANSFORMS: dict[str, str] = {
+    "attack": "fedit.attacks:attack_update",       # simulation only: a malicious client's update
+    "compress": "fedit.comm.compress:compress_update",  # last: what leaves the client is what is coded
+}
 
 
 def load(path: str) -> Any:

@@ -67,6 +67,11 @@ CLIENT_KEYS: dict[str, ClientKey] = {
     "proximal_mu": ClientKey(float, "FedProx: weight of the proximal term mu/2 ||w - w_global||^2"),
     "lr": ClientKey(float, "local learning rate of this round (overrides --lr)"),
     "local_steps": ClientKey(int, "optimizer steps of this round (overrides --local-steps/--local-epochs)"),
+    "compress": ClientKey(str, "code the update's delta: fp16, bf16, int8, topk:K (fedit.comm.compress)"),
+    "compress_block_size": ClientKey(int, "int8: entries per quantisation block"),
+    "attack": ClientKey(str, "simulation only: this client is malicious (scale, sign-flip, noise; fedit.attacks)"),
+    "attack_scale": ClientKey(float, "attack scale: factor on the update's delta"),
+    "attack_noise_std": ClientKey(float, "attack noise: std of the Gaussian noise added to every coordinate"),
 }
 
 

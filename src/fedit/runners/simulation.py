@@ -9,16 +9,20 @@ checkpoint that makes ``--resume`` possible.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from fedit.attacks import AttackPlan, plan_attack, trigger_success
 from fedit.client.batching import num_steps
 from fedit.client.job import ClientJob, ClientState, ClientUpdate, job_train_config, run_job
 from fedit.config import Config
 from fedit.data import Example, write_partition_stats
 from fedit.data.prompts import TokenizedExample
+from fedit.fileio import atomic_write_text
 from fedit.model import AdapterState, save_adapter
 from fedit.progress import Progress
 from fedit.runners.common import Workbench, build_workbench, load_clients, load_test
@@ -41,8 +45,9 @@ class InProcessClients:
     client's records are tokenized on first use and its client state is kept between rounds."""
 
     def __init__(self, bench: Workbench, clients: Sequence[list[Example]], cfg: Config,
-                 progress: Progress) -> None:
+                 progress: Progress, attack: AttackPlan | None = None) -> None:
         self.bench, self.clients, self.cfg, self.progress = bench, clients, cfg, progress
+        self.attack = attack
         self._tokenized: dict[int, list[TokenizedExample]] = {}
         self.client_states: dict[int, ClientState] = {}
 
@@ -62,6 +67,8 @@ class InProcessClients:
 
     def train_client(self, job: ClientJob) -> ClientUpdate:
         data = self.client_data(job.client_id)
+        if self.attack is not None and job.client_id in self.attack.attackers and self.attack.job_config():
+            job = dataclasses.replace(job, config={**job.config, **self.attack.job_config()})
         train = job_train_config(self.cfg.train, job.config)
         total = num_steps(len(data), train.batch_size, train.local_epochs, train.local_steps)
         with self.progress.task(f"client {job.client_id} steps", total) as bar:
@@ -94,15 +101,24 @@ class Simulation:
         cfg = self.cfg
         self.clients = load_clients(cfg)  # validates the data before anything is written
         cfg.federation.clients_to_sample(len(self.clients))  # e.g. --partition files: fewer files
+        strategy = build_strategy(cfg, len(self.clients))  # refuses impossible method settings
         test = load_test(cfg)
+        attack = plan_attack(cfg, len(self.clients))
         ckpt = self.run_dir.prepare(cfg, self.resume)
         write_partition_stats(self.clients, self.run_dir.path)
+        if attack is not None:
+            self.clients = attack.poison(self.clients)
+            atomic_write_text(self.run_dir.path / "attack.json", json.dumps(attack.record(), indent=2) + "\n")
+            logger.warning("simulated attack %s by clients %s", attack.attack, attack.attackers)
         self.bench: Workbench = self._bench if self._bench is not None else build_workbench(cfg)
         test_tok = self.bench.tokenize(test, cfg.data, train_on_prompt=False)
-        self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress)
-        self.federation = Federation(cfg, build_strategy(cfg, len(self.clients)), self.transport, self.run_dir,
-                                     evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
-                                     progress=self.progress)
+        self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress, attack)
+        evaluate = self.bench.evaluator(test_tok, cfg.federation.eval_batch_size)
+        if attack is not None and attack.attack == "backdoor" and evaluate is not None:
+            evaluate = with_trigger_success(evaluate, self.bench, test, cfg)
+        self.federation = Federation(cfg, strategy, self.transport, self.run_dir, evaluate=evaluate,
+                                     progress=self.progress,
+                                     known_examples={cid: len(c) for cid, c in enumerate(self.clients)})
         self.federation.start(self.bench.initial_state, ckpt)
 
     def finish(self) -> RunResult:
@@ -115,6 +131,15 @@ class Simulation:
         self.setup()
         self.federation.run()
         return self.finish()
+
+
+def with_trigger_success(evaluate: Callable[[AdapterState], dict], bench: Workbench, test: Sequence[Example],
+                         cfg: Config) -> Callable[[AdapterState], dict]:
+    """Central evaluation plus the backdoor's trigger success rate on held-out prompts."""
+    def both(state: AdapterState) -> dict:
+        result = evaluate(state)  # leaves ``state`` in the resident model
+        return {**result, "backdoor": trigger_success(bench, test, cfg.robustness, cfg.data.template)}
+    return both
 
 
 def run_simulation(cfg: Config, out: str | Path, *, resume: bool = False,

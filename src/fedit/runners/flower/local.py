@@ -25,7 +25,7 @@ from fedit.errors import FeditError
 from fedit.runners.flower import appdir, launch
 from fedit.runners.flower.processes import ProcessGroup, alive, flower_env, free_port, wait_for_port
 from fedit.runners.flower.security import make_node_key, make_tls
-from fedit.runners.flower.wire import run_config_values
+from fedit.runners.flower.wire import check_deployable, run_config_values
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class LocalFederation:
         return [r for r in RunDir(self.out).metrics.read() if r.get("type") == "round"]
 
     def _check(self) -> None:
+        check_deployable(self.cfg)
         for path in self.opts.node_data:
             if not Path(path).exists():
                 logger.warning("--node-data %s does not exist: that node will report an error", path)

@@ -92,14 +92,15 @@ class FlowerServer:
 
     def setup(self) -> None:
         cfg, deploy = self.cfg, self.s.deploy
+        wire.check_deployable(cfg)
         ckpt = self.run_dir.prepare(cfg, self.s.resume)
-        self.nodes = self._roll_call()
+        self.nodes, sizes = self._roll_call()
         self.bench: Workbench = build_workbench(cfg)
         test_tok = self.bench.tokenize(load_test(cfg), cfg.data, train_on_prompt=False)
         self.federation = Federation(cfg, build_strategy(cfg, len(self.nodes)),
                                      FlowerClients(self.grid, self.nodes, deploy.round_timeout), self.run_dir,
                                      evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
-                                     min_updates=deploy.min_nodes)
+                                     min_updates=deploy.min_nodes, known_examples=sizes)
         self.federation.start(self.bench.initial_state, ckpt)
 
     def _wait_for_nodes(self) -> list[int]:
@@ -114,8 +115,9 @@ class FlowerServer:
         logger.info("%d node(s) connected", len(node_ids))
         return node_ids
 
-    def _roll_call(self) -> dict[int, int]:
-        """Ask every node for its client index and record count: {client index: node id}."""
+    def _roll_call(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Ask every node for its client index and record count: ({client index: node id},
+        {client index: the record count its node reported}, which caps the counts it claims later)."""
         node_ids = self._wait_for_nodes()
         msgs = [Message(RecordDict({wire.CONFIG: ConfigRecord({"hello": 1})}), dst_node_id=n,
                         message_type=MessageType.QUERY, group_id="roll-call") for n in node_ids]
@@ -140,7 +142,9 @@ class FlowerServer:
                 pinned[node] = index
             else:
                 free.append(node)
-        return self._assign(pinned, free, info)
+        clients = self._assign(pinned, free, info)
+        sizes = {c: _count(info[n].get("num-examples")) for c, n in clients.items()}
+        return clients, {c: n for c, n in sizes.items() if n > 0}
 
     def _assign(self, pinned: dict[int, int], free: list[int], info: dict[int, dict]) -> dict[int, int]:
         total = len(pinned) + len(free)
@@ -168,6 +172,11 @@ class FlowerServer:
         self.setup()
         self.federation.run()
         self.finish()
+
+
+def _count(value: Any) -> int:
+    """A roll-call record count as an int (0 when it is not one)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def exchange(grid: Grid, msgs: list[Message], keys: list[Any], timeout: float | None) -> dict[Any, Message]:
