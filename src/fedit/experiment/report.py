@@ -145,6 +145,11 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
                          f"**{n}** = client {results['local_clients'][n]} ("
                          + ", ".join(f"{c} {k}" for c, k in m.items()) + ")" for n, m in mix.items()))
     lines.append("Systems: " + "; ".join(f"**{x['name']}**: {x['description']}" for x in s["systems"]))
+    mb = results["systems"].get("fedit", {}).get("train", {}).get("communication_mb")
+    if mb:
+        lines.append(f"FedIT communication (FlowerTune-style total, both directions): **{mb:.1f} MB**; "
+                     f"robust aggregation `{cfg.get('robustness', {}).get('robust', 'none')}`, update "
+                     f"compression `{cfg.get('communication', {}).get('compress', 'none')}`.")
     for metric, name in (("loss", "held-out loss"), ("rouge_l", "ROUGE-L")):
         if f"fedit_beats_all_local_{metric}" in c:
             lines.append(f"FedIT beats every local-only system on {name}: "

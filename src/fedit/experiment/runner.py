@@ -158,7 +158,8 @@ class Experiment:
                          bench=self.bench).run()
         last = run.history[-1] if run.history else {}
         train = {"rounds": self.cfg.federation.rounds, "steps": spec.steps,
-                 "train_loss": last.get("train_loss")}
+                 "train_loss": last.get("train_loss"),
+                 "communication_mb": (last.get("bytes_down_total", 0) + last.get("bytes_up_total", 0)) / 1e6}
         return run.state, train, last.get("eval") or None
 
     # -- whole experiment ---------------------------------------------------------------------

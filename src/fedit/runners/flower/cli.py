@@ -90,8 +90,10 @@ def _local(sub, add_config_flags, config_from_args) -> None:
         opts = LocalOptions(node_data=args.node_data, tls=args.tls, auth=args.auth, deploy=_deploy(args),
                             resume=args.resume, work_dir=args.work_dir)
         result = deploy_local(cfg, Path(args.out), opts, echo=_echo)
+        comm = result.run_dir / "communication.json"
+        mb = json.loads(comm.read_text())["megabytes_total"] if comm.is_file() else None
         print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
-                          "work_dir": str(result.work_dir)}))
+                          "work_dir": str(result.work_dir), "communication_mb": mb}))
         return 0
 
     p.set_defaults(func=run)
