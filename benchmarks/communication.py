@@ -74,7 +74,6 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax.plot(mb, loss, marker="o", ms=3, label=name)
     ax.set_xlabel("cumulative communication (MB, down + up)")
     ax.set_ylabel("held-out loss")
-    ax.set_xscale("symlog", linthresh=1)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
