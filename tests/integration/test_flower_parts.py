@@ -158,3 +158,11 @@ def test_server_app_caps_counts_and_drops_bad_replies_of_dishonest_nodes(tmp_pat
     b = next(k for k in final if "lora_B" in k)       # B starts at 0: (16 * 4 + 16 * 0) / 32
     assert torch.allclose(final[b], torch.full_like(final[b], 2.0))
     assert json.loads((out / "nodes.json").read_text())[0]["num_examples"] == 16
+
+
+def test_deploy_refuses_simulated_attacks_before_starting_anything(tmp_path: Path, capsys) -> None:
+    node = str(Path(__file__).parents[1] / "fixtures" / "tiny" / "client_0.json")
+    code = main(["deploy", "local", "--node-data", node, "--out", str(tmp_path / "run"), "--model", "tiny-random",
+                 "--clients-per-round", "1", "--attack", "scale"])
+    assert code == 2 and not (tmp_path / "run").exists() and not (tmp_path / "run.flower" / "pids.json").exists()
+    assert "--attack scale: attacks are simulated by `fedit run` only" in capsys.readouterr().err
