@@ -169,20 +169,27 @@ class Federation:
             raise FeditError(f"round {round_idx}: every update holds NaN or infinite values ({failures[0]}); "
                              f"nothing of this round was saved, the run stops after round {round_idx - 1} "
                              "(try a lower --lr)")
-        rob = self.cfg.robustness
-        counts = trusted_counts({u.client_id: u.num_examples for u in good}, self.known_examples,
-                                rob.max_client_examples, rob.max_client_share)
-        for i, u in enumerate(good):
-            entry = {"type": "client", "round": round_idx, "client": u.client_id, "num_examples": counts[u.client_id]}
-            if counts[u.client_id] != u.num_examples:
-                entry["claimed_examples"] = u.num_examples
-                good[i] = dataclasses.replace(u, num_examples=counts[u.client_id])
-            entry["update_norm"] = update_norm(sent[u.client_id].state, u.state)
-            logs[u.client_id] = {**entry, "metrics": dict(u.metrics)}
+        good = self._weigh(round_idx, sent, good, logs)
         for job in jobs:  # in job order
             if job.client_id in logs:
                 self.run_dir.log(logs[job.client_id])
         return good, failures
+
+    def _weigh(self, round_idx: int, sent: Mapping[int, ClientJob], good: list[ClientUpdate],
+               logs: dict[int, dict[str, Any]]) -> list[ClientUpdate]:
+        """Valid updates with trusted example counts, and their client records in ``logs``."""
+        rob = self.cfg.robustness
+        counts = trusted_counts({u.client_id: u.num_examples for u in good}, self.known_examples,
+                                rob.max_client_examples, rob.max_client_share)
+        weighed = []
+        for u in good:
+            entry = {"type": "client", "round": round_idx, "client": u.client_id, "num_examples": counts[u.client_id]}
+            if counts[u.client_id] != u.num_examples:
+                entry["claimed_examples"] = u.num_examples
+            entry["update_norm"] = update_norm(sent[u.client_id].state, u.state)
+            logs[u.client_id] = {**entry, "metrics": dict(u.metrics)}
+            weighed.append(dataclasses.replace(u, num_examples=counts[u.client_id]))
+        return weighed
 
     def _traffic(self, jobs: Sequence[ClientJob], replies: Sequence[Reply]) -> dict[str, int]:
         """Bytes of this round's train messages and update replies, as Flower serializes them
