@@ -33,7 +33,8 @@ def test_counted_bytes_equal_what_flower_serializes(monkeypatch, chunk):
     monkeypatch.setattr(flower_array, "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE", chunk)
     monkeypatch.setenv("FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE", str(chunk))
     gen = torch.Generator().manual_seed(0)
-    state = {A: torch.randn(8, 16, generator=gen), B: torch.zeros(16, 8), "n.lora_B.weight": torch.zeros(16, 8)}
+    state = {A: torch.randn(8, 16, generator=gen), B: torch.zeros(16, 8), "n.lora_B.weight": torch.zeros(16, 8),
+             "t": torch.randn(16, 8, generator=gen).t(), "s": torch.randn(4, 6, generator=gen)[:, ::2]}
     extra = {"control": {A: torch.ones(8, 16)}, "compress.aux": {A: torch.randint(0, 9, (5,), dtype=torch.int32)}}
     jobs = [ClientJob(2, 3, state, {}), ClientJob(0, 1, state, {"proximal_mu": 0.01, "local_steps": 4,
                                                                 "compress": "topk:0.1"}, extra)]

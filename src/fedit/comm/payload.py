@@ -15,7 +15,6 @@ tests/integration/test_flower_parts.py checks it against Flower's own serializat
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -64,53 +63,68 @@ def chunk_size() -> int:
     return int(os.getenv("FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE", "5242880"))
 
 
+ID_LEN = 64  # an object id is a SHA-256 hex digest
+
+
 class _Objects:
-    """The distinct objects of one message content: object id -> deflated size."""
+    """The distinct objects of one message content: identity key -> deflated size.
+
+    Sizes do not depend on the ids' values (always 64 hex characters), only on which objects are
+    identical; identity is decided on content (a chunk by its bytes, a parent by its children and
+    body), which is what equal SHA-256 ids mean, without paying for SHA-256."""
 
     def __init__(self) -> None:
-        self.sizes: dict[str, int] = {}
+        self.sizes: dict[Any, int] = {}
 
-    def add(self, type_name: str, children: list[str], body: bytes | memoryview) -> str:
-        head = f"{type_name} {','.join(dict.fromkeys(children))} {len(body)}".encode() + b"\x00"
-        digest = hashlib.sha256(head)
-        digest.update(body)
-        oid = digest.hexdigest()
-        self.sizes[oid] = len(head) + len(body)
-        return oid
+    def add(self, type_name: str, children: list, body_len: int, identity: Any) -> Any:
+        n = len(dict.fromkeys(children))
+        head = len(type_name) + 1 + n * ID_LEN + max(0, n - 1) + 1 + len(str(body_len)) + 1  # + the \0
+        key = (type_name, tuple(children), identity)
+        self.sizes[key] = head + body_len
+        return key
 
 
 def layout_bytes(layout: Layout, cache: dict | None = None) -> int:
     """Bytes of a message content with this layout, as Flower deflates it. ``cache`` (a dict the
-    caller keeps while the tensors live) saves re-serializing a tensor sent in several messages."""
+    caller keeps while the tensors live) saves re-reading a tensor sent in several messages."""
     objs, cache = _Objects(), {} if cache is None else cache
     refs = {}
     for name, (kind, value) in layout.items():
         if kind == "arrays":
             arrays = {key: _array(objs, tensor, cache) for key, tensor in value.items()}
-            refs[name] = objs.add("ArrayRecord", list(arrays.values()), json.dumps(arrays).encode())
+            refs[name] = objs.add("ArrayRecord", list(arrays.values()), _refs_len(arrays), tuple(arrays))
         else:
             allowed = [bool, int, float, str, bytes] if kind == "config" else [float, int]
             body = _record_proto(value, allowed)
-            refs[name] = objs.add("ConfigRecord" if kind == "config" else "MetricRecord", [], body)
-    objs.add("RecordDict", list(refs.values()), json.dumps(refs).encode())
+            type_name = "ConfigRecord" if kind == "config" else "MetricRecord"
+            refs[name] = objs.add(type_name, [], len(body), body)
+    objs.add("RecordDict", list(refs.values()), _refs_len(refs), tuple(refs))
     return sum(objs.sizes.values())
 
 
-def _array(objs: _Objects, tensor: Any, cache: dict) -> str:
-    """An Array (np.save bytes cut into chunks), added with its chunks; returns its object id."""
+def _refs_len(refs: dict[str, Any]) -> int:
+    """Length of the JSON body {name: object id} of an ArrayRecord or a RecordDict."""
+    return len(json.dumps({name: "0" * ID_LEN for name in refs}).encode())
+
+
+def _array(objs: _Objects, tensor: Any, cache: dict) -> Any:
+    """An Array (``np.save`` bytes cut into chunks), added with its chunks; returns its key."""
     hit = cache.get(id(tensor))
     if hit is None or hit[0] is not tensor:
         sub = _Objects()
         arr = tensor.detach().cpu().numpy()
-        buf = io.BytesIO()
-        np.save(buf, arr, allow_pickle=False)
-        data, step = buf.getbuffer(), chunk_size()
-        chunks = [sub.add("ArrayChunk", [], data[i:i + step]) for i in range(0, len(data), step)]
+        head = io.BytesIO()
+        header = np.lib.format.header_data_from_array_1_0(arr)
+        np.lib.format.write_array_header_1_0(head, header)   # what np.save writes for these shapes
+        data = head.getvalue() + arr.tobytes(order="F" if header["fortran_order"] else "C")
+        step = chunk_size()
+        pieces = [data[i:i + step] for i in range(0, len(data), step)]
+        chunks = [sub.add("ArrayChunk", [], len(piece), hash(piece)) for piece in pieces]
         unique = list(dict.fromkeys(chunks))
         body = json.dumps({"dtype": str(arr.dtype), "shape": list(arr.shape), "stype": "numpy.ndarray",
                            "arraychunk_ids": [unique.index(c) for c in chunks]}).encode()
-        oid = sub.add("Array", chunks, body)
-        hit = cache[id(tensor)] = (tensor, oid, sub.sizes)
+        key = sub.add("Array", chunks, len(body), body)
+        hit = cache[id(tensor)] = (tensor, key, sub.sizes)
     objs.sizes.update(hit[2])
     return hit[1]
 
