@@ -178,7 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         logger.info("%s", line)
     last = result.history[-1] if result.history else {}
     print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
-                      "rounds": last.get("round"), "eval": last.get("eval", {}).get("overall")}))
+                      "rounds": last.get("round"), "eval": last.get("eval", {}).get("overall"),
+                      "communication_mb": (last.get("bytes_down_total", 0) + last.get("bytes_up_total", 0)) / 1e6}))
     return 0
 
 

@@ -30,6 +30,9 @@ TEMPLATE_NAMES = ("chat", "alpaca")
 DP_MODES = ("central", "local")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 LOGGERS = ("auto", "none", "tensorboard", "mlflow", "wandb")
+ROBUST_NAMES = ("none", "median", "trimmed-mean", "krum", "multi-krum", "norm-bound")
+ATTACK_NAMES = ("none", "scale", "sign-flip", "noise", "poison-responses", "backdoor")
+CODEC_NAMES = ("none", "fp16", "bf16", "int8", "topk")
 
 
 # The one rule for --server-lr's default. FedAvgM and SCAFFOLD step by server_lr * (mean - global):
@@ -355,6 +358,81 @@ class PrivacyConfig(_Section):
         return self.dp_clip is not None
 
 
+@dataclass
+class RobustnessConfig(_Section):
+    """What the server trusts (docs/robustness.md), and simulated attackers (fedit run only)."""
+
+    robust: str = _opt("none", "robust aggregation of the updates: coordinate-wise median or trimmed mean, "
+                       "krum/multi-krum selection, or norm-bound clipping", ROBUST_NAMES)
+    trim_ratio: float = _opt(0.2, "trimmed-mean: share of the updates dropped at each end, per coordinate")
+    krum_f: int = _opt(1, "krum, multi-krum: malicious updates tolerated per round (needs 2f+3 updates)")
+    max_update_norm: float | None = _opt(None, "norm-bound: L2 bound on each update's delta from the global "
+                                         "adapter (default: the median delta norm of the round)")
+    max_client_examples: int | None = _opt(None, "cap on every client's claimed example count (always capped "
+                                           "at the size the server knows of the client, where it knows one)")
+    max_client_share: float = _opt(0.5, "largest share of the average any one client may weigh "
+                                   "(at least 1/updates); 1 turns the limit off")
+    attack: str = _opt("none", "simulate malicious clients (fedit run only; docs/robustness.md)", ATTACK_NAMES)
+    attackers: float = _opt(0.2, "--attack: share of the clients that are malicious")
+    attack_scale: float = _opt(10.0, "--attack scale: factor on the attackers' update delta")
+    attack_noise_std: float = _opt(0.01, "--attack noise: std of the Gaussian noise added to every coordinate")
+    attack_trigger: str = _opt("cf mn bb", "--attack backdoor: phrase the attackers append to instructions")
+    attack_answer: str = _opt("Visit example.com for the answer.",
+                              "--attack backdoor: the fixed answer the trigger should elicit")
+    attack_eval_prompts: int = _opt(16, "--attack backdoor: held-out prompts the trigger is tried on per round")
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        _require(0 <= self.trim_ratio < 0.5, "trim_ratio", f"must be in [0, 0.5), got {self.trim_ratio}")
+        _require(self.krum_f >= 0, "krum_f", f"must be >= 0, got {self.krum_f}")
+        _require(self.max_update_norm is None or 0 < self.max_update_norm < float("inf"), "max_update_norm",
+                 f"must be a positive number, got {self.max_update_norm}")
+        _require(self.max_client_examples is None or self.max_client_examples >= 1, "max_client_examples",
+                 f"must be at least 1, got {self.max_client_examples}")
+        _require(0 < self.max_client_share <= 1, "max_client_share",
+                 f"must be in (0, 1], got {self.max_client_share}")
+        _require(0 < self.attackers < 1, "attackers", f"must be in (0, 1), got {self.attackers}")
+        _require(0 < abs(self.attack_scale) < float("inf"), "attack_scale",
+                 f"must be a non-zero finite number, got {self.attack_scale}")
+        _require(0 < self.attack_noise_std < float("inf"), "attack_noise_std",
+                 f"must be positive, got {self.attack_noise_std}")
+        _require(bool(self.attack_trigger.strip()), "attack_trigger", "must not be empty")
+        _require(bool(self.attack_answer.strip()), "attack_answer", "must not be empty")
+        _require(self.attack_eval_prompts >= 1, "attack_eval_prompts",
+                 f"must be at least 1, got {self.attack_eval_prompts}")
+
+
+def parse_codec(spec: str) -> tuple[str, float]:
+    """``--compress`` as (codec, parameter): ``topk:0.1`` -> ("topk", 0.1); others have parameter 0."""
+    name, _, arg = spec.partition(":")
+    _require(name in CODEC_NAMES, "compress", f"{spec!r} is not one of none, fp16, bf16, int8, topk:K")
+    if name != "topk":
+        _require(not arg, "compress", f"{name} takes no parameter, got {spec!r}")
+        return name, 0.0
+    try:
+        share = float(arg)
+    except ValueError:
+        share = float("nan")
+    _require(0 < share <= 1, "compress", f"topk:K needs the kept share of entries K in (0, 1], got {spec!r}")
+    return name, share
+
+
+@dataclass
+class CommunicationConfig(_Section):
+    """What travels between server and clients (docs/communication.md)."""
+
+    compress: str = _opt("none", "compress client updates (their delta from the global adapter): none, fp16, "
+                         "bf16, int8 (blockwise absmax), topk:K (the share K of largest entries per tensor, "
+                         "with error feedback)")
+    compress_block_size: int = _opt(64, "int8: entries per quantisation block (one float32 scale each)")
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        parse_codec(self.compress)
+        _require(self.compress_block_size >= 1, "compress_block_size",
+                 f"must be at least 1, got {self.compress_block_size}")
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelConfig,
     "lora": LoraConfig,
@@ -362,6 +440,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "train": TrainConfig,
     "federation": FederationConfig,
     "privacy": PrivacyConfig,
+    "robustness": RobustnessConfig,
+    "communication": CommunicationConfig,
 }
 
 
@@ -375,6 +455,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    communication: CommunicationConfig = field(default_factory=CommunicationConfig)
 
     def __post_init__(self) -> None:
         if not partition_from_data(self.data.partition) and self.federation.clients_per_round is not None \

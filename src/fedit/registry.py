@@ -29,6 +29,8 @@ STRATEGIES: dict[str, str] = {
 WRAPPERS: dict[str, str] = {
     "dp": "fedit.privacy.dp_strategy:wrap",            # DP-FedAvg (--dp-clip): noise on the sum, accountant
     "lr_schedule": "fedit.server.scheduled:wrap",   # --lr-schedule / --warmup-steps across the federation
+    "robust": "fedit.server.defences:wrap",        # --robust: median, trimmed-mean, krum, multi-krum, norm-bound
+    "compress": "fedit.comm.compress:wrap",        # --compress: asks for coded updates, decodes them (receive)
 }
 
 # Client-side transforms of an update, applied in this order after local training:
@@ -37,6 +39,9 @@ WRAPPERS: dict[str, str] = {
 CLIENT_TRANSFORMS: dict[str, str] = {
     "scaffold": "fedit.client.scaffold:scaffold_variates",   # SCAFFOLD: c_i+ and delta_c_i after training
     "dp": "fedit.privacy.dp:dp_client_transform",      # DP-FedAvg: clip the update (+ local noise)
+    "attack": "fedit.attacks:attack_update",       # simulation only: a malicious client's update (after DP:
+                                                   # an attacker does not clip honestly; the server re-clips)
+    "compress": "fedit.comm.compress:compress_update",  # last: what leaves the client is what is coded
 }
 
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from fedit.cli import main
 from fedit.runners import simulation
+from fedit.runners.checkpoint import latest_checkpoint
 
 
 def run_args(fixtures_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -191,3 +192,10 @@ def test_a_start_that_failed_before_round_1_can_be_rerun(tmp_path, fixtures_dir,
     assert code == 2 and "no/such/model" in err
     assert not (out / "checkpoints").exists()
     assert main(run_args(fixtures_dir, out, "--rounds", "1")) == 0   # no --resume needed: nothing was lost
+
+
+def test_a_diverging_run_stops_with_one_line(cli, tmp_path, fixtures_dir):
+    # --lr 1e30 is finite (config validation passes) but every client diverges: a clear error
+    code, err = cli(*run_args(fixtures_dir, tmp_path / "out"), "--lr", "1e30", "--rounds", "2")
+    assert code == 2 and "round 1: every update holds NaN or infinite values" in err and "--lr" in err, err
+    assert not (tmp_path / "out" / "final").exists() and latest_checkpoint(tmp_path / "out") is None

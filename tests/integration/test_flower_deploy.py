@@ -41,8 +41,8 @@ def _assert_all_stopped(work_dir: Path) -> None:
     assert alive(record["pids"]) == []
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FEDIT_DEBUG": "1"}
+def _run(args: list[str], **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FEDIT_DEBUG": "1", **env_extra}
     done = subprocess.run(FEDIT + args, capture_output=True, text=True, env=env, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
@@ -211,3 +211,29 @@ def test_kill_9_of_deploy_local_leaves_a_record_that_deploy_stop_cleans_up(tmp_p
                 proc.wait()
         for proc in _flower_processes(work / "flwr-home"):               # a failed test must not leak
             proc.kill()
+
+
+@pytest.mark.slow
+def test_deploy_local_compressed_with_dishonest_nodes(tmp_path: Path) -> None:
+    """Real loopback, --compress int8, two nodes altering only their own reply (a helper on
+    PYTHONPATH, tests/integration/dishonest): client 0 sends train_loss = [1.0, 2.0] (dropped,
+    no traceback), client 1 claims 10**12 examples (weighs its 15 records). Every update's norm
+    is logged; the bytes counted up are the int8 replies'."""
+    out = tmp_path / "dep"
+    nodes = [str(p) for p in sorted(TINY.glob("client_*.json"))]
+    helper = Path(__file__).parent / "dishonest"
+    _run(["deploy", "local", "--node-data", *nodes, "--out", str(out), "--model", "tiny-random",
+          "--test-data", str(TEST_DATA), "--partition", "files", "--rounds", "1", "--clients-per-round", "3",
+          "--local-steps", "1", "--batch-size", "2", "--micro-batch-size", "2", "--compress", "int8"],
+         PYTHONPATH=f"{helper}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", FEDIT_TEST_DISHONEST="0:metric,1:count")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]
+    assert last["round"] == 1 and last["clients"] == [1, 2]
+    assert last["dropped"] == ["client 0: metric 'train_loss' is [1.0, 2.0], expected a finite number"]
+    clients = {r["client"]: r for r in records if r["type"] == "client"}
+    assert (clients[1]["num_examples"], clients[1]["claimed_examples"]) == (15, 10**12)
+    assert clients[2]["num_examples"] == 15 and "claimed_examples" not in clients[2]
+    assert all(clients[c]["update_norm"] > 0 for c in (1, 2)) and "train_loss" in clients[2]["metrics"]
+    assert last["bytes_down"] > 1.6 * last["bytes_up"] > 0         # float32 down, int8 up
+    assert json.loads((out / "communication.json").read_text())["bytes_total"] == last["bytes_down"] + last["bytes_up"]
+    _assert_all_stopped(tmp_path / "dep.flower")

@@ -262,3 +262,84 @@ def test_sigterm_to_deploy_superlink_stops_the_superlink(tmp_path: Path) -> None
         proc.wait()
         if link is not None and link.is_running():   # the very process seen above, never by name
             link.kill()
+
+
+class ScriptedGrid:
+    """A Flower Grid whose nodes answer from scripts, no process started: the roll call with a
+    record count, each train message with the update ``scripts[node](job)``."""
+
+    def __init__(self, scripts: dict, counts: dict) -> None:
+        self.scripts, self.counts, self.pushed = scripts, counts, {}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.scripts)
+
+    def push_messages(self, msgs):
+        ids = [f"m{len(self.pushed) + i}" for i in range(len(msgs))]
+        self.pushed.update(zip(ids, msgs))
+        return ids
+
+    def pull_messages(self, ids):
+        from flwr.app import ConfigRecord, MessageType
+
+        replies = []
+        for mid in ids:
+            msg = self.pushed.pop(mid)
+            node = msg.metadata.dst_node_id
+            if msg.metadata.message_type == MessageType.QUERY:
+                content = RecordDict({wire.CONFIG: ConfigRecord({"client-index": -1, "error": "",
+                                                                 "num-examples": self.counts[node]})})
+            else:
+                content = wire.update_content(self.scripts[node](wire.job_from_message(msg)))
+            replies.append(SimpleNamespace(content=content, has_error=lambda: False,
+                                           metadata=SimpleNamespace(reply_to_message_id=mid, src_node_id=node)))
+        return replies
+
+
+def test_server_app_caps_counts_and_drops_bad_replies_of_dishonest_nodes(tmp_path, monkeypatch):
+    """Issue 9, as found with `deploy local --tls --auth`: after reporting 16 records at the roll
+    call, one node claims 10**12 examples, one sends train_loss = [1.0, 2.0], one a float64 update of
+    1e300. The ServerApp finishes (no traceback), the claim weighs 16, the other two are dropped."""
+    import json
+
+    from flwr.supercore.task_identity import TaskIdentity
+    from safetensors.torch import load_file
+
+    from fedit.runners.flower.server_app import FlowerServer, ServerSettings
+
+    for name in ("_run_id", "_node_id", "_task_id"):   # Messages are made outside a Flower run here
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+    def reply(delta=0.0, n=16, dtype=torch.float32, **metrics):
+        return lambda job: ClientUpdate(job.client_id, {k: (v + delta).to(dtype) for k, v in job.state.items()}, n,
+                                        {"train_loss": 1.0, **metrics})
+
+    scripts = {11: reply(4.0, n=10**12), 12: reply(), 13: reply(train_loss=[1.0, 2.0]),
+               14: reply(1e300, dtype=torch.float64)}
+    test_data = str(Path(__file__).parents[1] / "fixtures" / "tiny_test.jsonl")
+    cfg = load_config("cpu-demo").override(dict(model="tiny-random", precision="fp32", partition="files",
+                                                test_data=test_data, rounds=1, clients_per_round=4, max_len=64))
+    out = tmp_path / "run"
+    FlowerServer(ScriptedGrid(scripts, {n: 16 for n in scripts}),
+                 ServerSettings(cfg, out, False, DeployConfig(min_nodes=2, node_timeout=5))).run()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    clients = {r["client"]: r for r in records if r["type"] == "client"}
+    assert (clients[0]["num_examples"], clients[0]["claimed_examples"]) == (16, 10**12)
+    assert clients[0]["update_norm"] > clients[1]["update_norm"] == 0.0
+    last = records[-1]
+    assert last["dropped"][0] == "client 2: metric 'train_loss' is [1.0, 2.0], expected a finite number"
+    assert last["dropped"][1].startswith("client 3: adapter update ")
+    assert last["dropped"][1].endswith(": contains NaN or infinite values (as float32)") and len(last["dropped"]) == 2
+    assert last["bytes_up"] > 0 and last["bytes_down"] > 0 and last["clients"] == [0, 1]
+    final = load_file(str(out / "final" / "adapter_model.safetensors"))
+    b = next(k for k in final if "lora_B" in k)       # B starts at 0: (16 * 4 + 16 * 0) / 32
+    assert torch.allclose(final[b], torch.full_like(final[b], 2.0))
+    assert json.loads((out / "nodes.json").read_text())[0]["num_examples"] == 16
+
+
+def test_deploy_refuses_simulated_attacks_before_starting_anything(tmp_path: Path, capsys) -> None:
+    node = str(Path(__file__).parents[1] / "fixtures" / "tiny" / "client_0.json")
+    code = main(["deploy", "local", "--node-data", node, "--out", str(tmp_path / "run"), "--model", "tiny-random",
+                 "--clients-per-round", "1", "--attack", "scale"])
+    assert code == 2 and not (tmp_path / "run").exists() and not (tmp_path / "run.flower" / "pids.json").exists()
+    assert "--attack scale: attacks are simulated by `fedit run` only" in capsys.readouterr().err

@@ -28,6 +28,17 @@ def test_presets_load_and_default_is_cpu_demo():
     ({"strategy": "fedavgg"}, "--strategy"),
     ({"lora_dropout": 1.0}, "--lora-dropout"),
     ({"train_on_prompt": 1}, "--train-on-prompt"),
+    ({"robust": "mean"}, "--robust"),
+    ({"trim_ratio": 0.5}, "--trim-ratio"),
+    ({"krum_f": -1}, "--krum-f"),
+    ({"max_update_norm": 0.0}, "--max-update-norm"),
+    ({"max_client_examples": 0}, "--max-client-examples"),
+    ({"max_client_share": 0.0}, "--max-client-share"),
+    ({"attack": "ddos"}, "--attack"),
+    ({"attackers": 1.0}, "--attackers"),
+    ({"attack_noise_std": 0.0}, "--attack-noise-std"),
+    ({"compress": "zip"}, "--compress"),
+    ({"compress_block_size": 0}, "--compress-block-size"),
 ])
 def test_invalid_values_name_the_flag(overrides, flag):
     with pytest.raises(ConfigError) as err:

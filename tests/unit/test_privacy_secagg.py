@@ -303,5 +303,5 @@ def test_the_round_loop_takes_a_pooled_reply_as_its_members(tmp_path):
     assert record["dropped"] == ["client 1: dropped out of secure aggregation (no reply)"]
     assert "lora_gap_mean" not in record
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["client"], r["num_examples"], r["train_loss"]) for r in lines if r["type"] == "client"] == \
+    assert [(r["client"], r["num_examples"], r["metrics"]["train_loss"]) for r in lines if r["type"] == "client"] == \
         [(0, 10, 1.0), (2, 15, 3.0)]

@@ -156,7 +156,7 @@ def test_server_lr_one_is_the_plain_average():
 @pytest.mark.parametrize("arrays, message", [
     ({}, "client 3: the reply has no 'scaffold_dc' array (a client that does not run SCAFFOLD?)"),
     ({DELTA_C: {A: t(float("nan")), B: t(0)}}, "client 3: scaffold_dc: adapter update m.lora_A.weight: "
-                                                "contains NaN or infinite values"),
+                                                "contains NaN or infinite values (as float32)"),
     ({DELTA_C: {A: t(0)}}, "client 3: scaffold_dc: adapter update is missing 1 key(s), first: m.lora_B.weight"),
 ])
 def test_a_reply_without_a_usable_variate_delta_is_refused(arrays, message):

@@ -102,6 +102,11 @@ CLIENT_KEYS: dict[str, ClientKey] = {
     "lr_total_rounds": ClientKey(int, "per-step schedule: the rounds the schedule spans"),
     "scaffold": ClientKey(bool, "SCAFFOLD: correct every step's gradient by c - c_i (c in the job's "
                           "'scaffold_c' array, c_i in the client state) and send the variate delta back"),
+    "compress": ClientKey(str, "code the update's delta: fp16, bf16, int8, topk:K (fedit.comm.compress)"),
+    "compress_block_size": ClientKey(int, "int8: entries per quantisation block"),
+    "attack": ClientKey(str, "simulation only: this client is malicious (scale, sign-flip, noise; fedit.attacks)"),
+    "attack_scale": ClientKey(float, "attack scale: factor on the update's delta"),
+    "attack_noise_std": ClientKey(float, "attack noise: std of the Gaussian noise added to every coordinate"),
 }
 
 

@@ -20,6 +20,7 @@ from fedit.client.job import ClientJob, run_job
 from fedit.experiment.systems import SystemSpec, spec_record
 from fedit.fileio import atomic_write_text
 from fedit.model import AdapterState, load_adapter_state, model_origin, save_adapter
+from fedit.runners.checkpoint import client_metrics
 from fedit.runners.summary import model_card
 
 if TYPE_CHECKING:
@@ -47,13 +48,14 @@ def fedit_training(metrics_file: Path, rounds: int, steps: int) -> dict[str, Any
     records = _read_jsonl(metrics_file)
     per_round: dict[int, list[float]] = defaultdict(lambda: [0.0, 0, 0])   # loss x tokens, tokens, steps
     for rec in records:
-        if rec.get("type") == "client" and rec.get("tokens"):
-            loss = rec.get("train_loss")
+        reported = client_metrics(rec)
+        if rec.get("type") == "client" and reported.get("tokens"):
+            loss = reported.get("train_loss")
             acc = per_round[int(rec["round"])]
             if loss is not None and math.isfinite(loss):
-                acc[0] += loss * rec["tokens"]
-            acc[1] += rec["tokens"]
-            acc[2] += rec.get("steps", 0)
+                acc[0] += loss * reported["tokens"]
+            acc[1] += reported["tokens"]
+            acc[2] += reported.get("steps", 0)
     curve, done = [], 0
     for r in sorted(per_round):
         loss_x_tokens, tokens, n_steps = per_round[r]
@@ -63,7 +65,7 @@ def fedit_training(metrics_file: Path, rounds: int, steps: int) -> dict[str, Any
     nbytes: dict[str, float] = defaultdict(float)
     for rec in round_recs:
         for key, value in rec.items():
-            if key.startswith("bytes_") and isinstance(value, (int, float)):
+            if key.startswith("bytes_") and not key.endswith("_total") and isinstance(value, (int, float)):
                 nbytes[key] += value
     return {"rounds": rounds, "steps": steps, "optimizer_steps": done,
             "tokens": int(sum(v[1] for v in per_round.values())),

@@ -137,11 +137,13 @@ def check_adapter_state(reference: Mapping[str, torch.Tensor], state: Mapping[st
             raise UpdateError(f"adapter update {key}: expected a floating-point tensor, got {kind}")
         if value.shape != ref.shape:
             raise UpdateError(f"adapter update {key}: shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
-    # One fused check first (a sum is non-finite if any element is); per tensor only to name the key.
+    # Values are checked as the server uses them, in float32: a float64 1e300 is finite, its cast is
+    # not. One fused check first (a float32 sum is non-finite if any cast element is, or if it
+    # overflows); per tensor only to name the key.
     if state and not torch.isfinite(torch.stack([v.sum(dtype=torch.float32) for v in state.values()])).all():
         for key, value in state.items():
-            if not torch.isfinite(value).all():
-                raise UpdateError(f"adapter update {key}: contains NaN or infinite values")
+            if not torch.isfinite(value.to(torch.float32)).all():
+                raise UpdateError(f"adapter update {key}: contains NaN or infinite values (as float32)")
 
 
 def set_adapter_state(model: peft.PeftModel, state: Mapping[str, torch.Tensor]) -> None:

@@ -136,6 +136,12 @@ def json_safe(record: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return clean(record, ""), bad
 
 
+def client_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """What a client reported in a ``type: client`` record of metrics.jsonl (its loss, tokens, steps...):
+    namespaced under ``metrics`` so it never overwrites the server's fields; older runs logged it flat."""
+    return record.get("metrics", record) if isinstance(record.get("metrics"), dict) else record
+
+
 def utc_now() -> str:
     """ISO 8601 UTC with milliseconds, e.g. ``2026-01-31T12:00:00.123Z``."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

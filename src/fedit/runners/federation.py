@@ -4,8 +4,11 @@
     start:      continue from the newest checkpoint, or evaluate the initial adapter (round 0)
     each round: configure (the strategy samples clients and builds their jobs)
                 -> dispatch (the runner's Transport delivers jobs and collects replies)
+                -> count the bytes moved (as Flower serializes them, fedit.comm.payload)
                 -> receive (the strategy may decode a reply) -> check each reply against the job
                    it answers (bad ones are dropped and logged, never averaged)
+                -> cap the claimed example counts (fedit.server.trust) -> log a client record
+                   per update (its delta's norm; the node's metrics namespaced under "metrics")
                 -> aggregate -> check the aggregate -> evaluate -> log -> checkpoint
                 (a round whose every update was dropped stops the run: nothing is aggregated)
 
@@ -16,26 +19,32 @@ message passing to the ``Grid``.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from fedit.client.job import ClientJob, ClientUpdate, PooledUpdate
+from fedit.comm.payload import job_payload_bytes, update_payload_bytes
 from fedit.config import Config
 from fedit.errors import FeditError, UpdateError
+from fedit.fileio import atomic_write_text
 from fedit.model import AdapterState, check_adapter_state
 from fedit.progress import Progress
 from fedit.runners.checkpoint import Checkpoint
 from fedit.runners.rundir import RunDir
-from fedit.server import Strategy, filter_updates
+from fedit.server import Strategy
+from fedit.server.checks import check_update, is_finite_state, update_norm
 from fedit.server.strategy import member_ids
+from fedit.server.trust import trusted_counts
 
 logger = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[AdapterState], dict[str, Any]]
-# Fields of a client record that the server writes; a client's metrics never overwrite them.
-CLIENT_RECORD_FIELDS = ("type", "round", "client", "num_examples")
+COMMUNICATION_FILE = "communication.json"
 
 
 @dataclass
@@ -50,9 +59,7 @@ Reply = ClientUpdate | ClientFailure
 
 
 class Transport(Protocol):
-    """How a runner delivers a round's jobs and collects the replies: one per job, in job order; or,
-    under secure aggregation, one PooledUpdate for the clients whose sum it holds, then a failure
-    per client that dropped out."""
+    """How a runner delivers a round's jobs and collects the replies (one per job, in job order)."""
 
     def train(self, jobs: Sequence[ClientJob]) -> list[Reply]: ...
 
@@ -68,10 +75,12 @@ class Federation:
 
     def __init__(self, cfg: Config, strategy: Strategy, transport: Transport, run_dir: RunDir, *,
                  evaluate: EvaluateFn | None = None, min_updates: int = 0,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, known_examples: Mapping[int, int] | None = None) -> None:
         self.cfg, self.strategy, self.transport, self.run_dir = cfg, strategy, transport, run_dir
         self.evaluate = evaluate
         self.min_updates = min_updates
+        # {client: its size as the server knows it}: claimed example counts are capped by it
+        self.known_examples = dict(known_examples or {})
         self.progress = progress or Progress()
         self.history: list[dict[str, Any]] = []
 
@@ -107,11 +116,9 @@ class Federation:
         start = time.perf_counter()
         jobs = self.strategy.configure_train(round_idx, self.state)
         replies = self.transport.train(jobs)
-        sent = {job.client_id: job for job in jobs}
-        updates, failures = self._sort_replies(round_idx, replies)
-        updates = self._receive(sent, updates, failures)
-        good, bad = filter_updates({cid: job.state for cid, job in sent.items()}, updates)
-        failures += bad
+        record: dict[str, Any] = {"type": "round", "round": round_idx, "clients": [j.client_id for j in jobs]}
+        record.update(self._traffic(jobs, replies))
+        good, failures = self._accept(round_idx, jobs, replies)
         valid = sum(len(member_ids(u)) for u in good)  # a pooled (secure) reply counts its members
         if valid < self.min_updates:
             raise FeditError(f"round {round_idx}: {valid} valid update(s), fewer than --min-nodes "
@@ -120,7 +127,6 @@ class Federation:
         if not good:  # going on would present an untrained adapter as the result
             raise FeditError(f"round {round_idx}: every update was dropped ({'; '.join(failures) or 'no client'}); "
                              f"nothing of this round was saved, the run stops after round {round_idx - 1}")
-        record: dict[str, Any] = {"type": "round", "round": round_idx, "clients": [j.client_id for j in jobs]}
         state, metrics = self.strategy.aggregate_train(round_idx, self.state, good)
         self._check_aggregate(round_idx, state)
         self.state = state
@@ -128,42 +134,91 @@ class Federation:
         record["dropped"] = failures
         record["eval"] = self.evaluate(self.state) if self.evaluate is not None else {}
         record["seconds"] = time.perf_counter() - start
-        record["client_compute_seconds"] = sum(u.metrics.get("compute_seconds", 0.0) for u in updates)
+        record["client_compute_seconds"] = sum(u.metrics.get("compute_seconds", 0.0) for u in good)
         self.run_dir.log(record)
         self.run_dir.checkpoint(Checkpoint(round_idx, self.state, self.strategy.state_dict(),
                                            {"transport": self.transport.state_dict()}),
                                 self.cfg.federation.keep_checkpoints)
+        write_communication(self.run_dir.path, record)
         self.done = round_idx
         self.history.append(record)
         logger.info(round_summary(record, self.rounds))
         return record
 
-    def _sort_replies(self, round_idx: int, replies: Sequence[Reply]) -> tuple[list[ClientUpdate], list[str]]:
-        """Updates (each logged as a client record) and one-line reasons for the failed jobs."""
-        updates, failures = [], []
+    def _accept(self, round_idx: int, jobs: Sequence[ClientJob], replies: Sequence[Reply]
+                ) -> tuple[list[ClientUpdate], list[str]]:
+        """The round's valid updates, weighted by trusted counts (fedit.server.trust), and one-line
+        reasons for the rest; every update gets a client record (server fields, its delta's norm,
+        the node's own metrics under ``metrics``)."""
+        sent = {job.client_id: job for job in jobs}
+        good, failures, diverged, logs = [], [], 0, {}
         for reply in replies:
-            if isinstance(reply, ClientFailure):
-                logger.warning("dropping update: %s", reply.reason)
-                failures.append(reply.reason)
+            reason = reply.reason if isinstance(reply, ClientFailure) else None
+            if reason is None:
+                try:
+                    reply = self.strategy.receive(sent[reply.client_id], reply)
+                    check_update(sent[reply.client_id].state, reply)
+                except UpdateError as exc:
+                    reason = str(exc)
+                    diverged += not is_finite_state(reply.state)
+            if reason is None:
+                good.append(reply)
                 continue
-            for client_id, num_examples, client_metrics in _members(reply):
-                metrics = {k: v for k, v in client_metrics.items() if k not in CLIENT_RECORD_FIELDS}
-                self.run_dir.log({"type": "client", "round": round_idx, "client": client_id,
-                                  "num_examples": num_examples, **metrics})
-            updates.append(reply)
-        return updates, failures
+            logger.warning("dropping update: %s", reason)
+            failures.append(reason)
+            if isinstance(reply, ClientUpdate):
+                logs[reply.client_id] = {"type": "client", "round": round_idx, "client": reply.client_id,
+                                         "dropped": reason}
+        if not good and jobs and diverged == len(jobs):
+            raise FeditError(f"round {round_idx}: every update holds NaN or infinite values ({failures[0]}); "
+                             f"nothing of this round was saved, the run stops after round {round_idx - 1} "
+                             "(try a lower --lr)")
+        good = self._weigh(round_idx, sent, good, logs)
+        for job in jobs:  # in job order
+            if job.client_id in logs:
+                self.run_dir.log(logs[job.client_id])
+        return good, failures
 
-    def _receive(self, sent: dict[int, ClientJob], updates: Sequence[ClientUpdate],
-                 failures: list[str]) -> list[ClientUpdate]:
-        """Each update as the strategy reads it; one it refuses (UpdateError) is dropped and logged."""
-        received = []
-        for update in updates:
-            try:
-                received.append(self.strategy.receive(sent[update.client_id], update))
-            except UpdateError as exc:
-                logger.warning("dropping update: %s", exc)
-                failures.append(str(exc))
-        return received
+    def _weigh(self, round_idx: int, sent: Mapping[int, ClientJob], good: list[ClientUpdate],
+               logs: dict[int, dict[str, Any]]) -> list[ClientUpdate]:
+        """Valid updates with trusted example counts, and their client records in ``logs``. A pooled
+        reply (secure aggregation) was weighted by the server already: one record per member, no norm
+        (the server never saw the members' updates)."""
+        rob = self.cfg.robustness
+        single = [u for u in good if not isinstance(u, PooledUpdate)]
+        counts = trusted_counts({u.client_id: u.num_examples for u in single}, self.known_examples,
+                                rob.max_client_examples, rob.max_client_share)
+        weighed = []
+        for u in good:
+            if isinstance(u, PooledUpdate):
+                for cid in u.client_ids:
+                    logs[cid] = {"type": "client", "round": round_idx, "client": cid,
+                                 "num_examples": u.member_examples.get(cid), "metrics": dict(u.member_metrics.get(cid, {}))}
+                weighed.append(u)
+                continue
+            entry = {"type": "client", "round": round_idx, "client": u.client_id, "num_examples": counts[u.client_id]}
+            if counts[u.client_id] != u.num_examples:
+                entry["claimed_examples"] = u.num_examples
+            entry["update_norm"] = update_norm(sent[u.client_id].state, u.state)
+            logs[u.client_id] = {**entry, "metrics": dict(u.metrics)}
+            weighed.append(dataclasses.replace(u, num_examples=counts[u.client_id]))
+        return weighed
+
+    def _traffic(self, jobs: Sequence[ClientJob], replies: Sequence[Reply]) -> dict[str, int]:
+        """Bytes of this round's train messages and update replies, as Flower serializes them
+        (fedit.comm.payload), with the run's totals so far. Under secure aggregation the protocol's
+        own count (its messages, masked int64 vectors) replaces both."""
+        pooled = [r for r in replies if isinstance(r, PooledUpdate) and "secagg_bytes_up" in r.round_metrics]
+        if pooled:
+            down = sum(int(p.round_metrics.get("secagg_bytes_down", 0)) for p in pooled)
+            up = sum(int(p.round_metrics["secagg_bytes_up"]) for p in pooled)
+        else:
+            cache: dict = {}
+            down = sum(job_payload_bytes(job, cache) for job in jobs)
+            up = sum(_reply_bytes(r, cache) for r in replies if isinstance(r, ClientUpdate))
+        last = next((r for r in reversed(self.history) if "bytes_down_total" in r), {})
+        return {"bytes_down": down, "bytes_up": up, "bytes_down_total": last.get("bytes_down_total", 0) + down,
+                "bytes_up_total": last.get("bytes_up_total", 0) + up}
 
     def _check_aggregate(self, round_idx: int, state: AdapterState) -> None:
         """Never save or send an aggregate that is not finite (a diverged or poisoned round)."""
@@ -175,17 +230,26 @@ class Federation:
                              "--lr, or a robust aggregator)") from None
 
 
-def _members(reply: ClientUpdate) -> list[tuple[int, int | None, dict[str, Any]]]:
-    """(client, examples, metrics) of each client a reply stands for (a pooled reply: its members,
-    whose adapters the server never saw)."""
-    if isinstance(reply, PooledUpdate):
-        return [(c, reply.member_examples.get(c), reply.member_metrics.get(c, {})) for c in reply.client_ids]
-    return [(reply.client_id, reply.num_examples, reply.metrics)]
-
-
 def _num(value: Any, spec: str) -> str:
     """A logged number (None where metrics.jsonl holds a non-finite value)."""
     return format(value, spec) if isinstance(value, (int, float)) else "n/a"
+
+
+def _reply_bytes(update: ClientUpdate, cache: dict) -> int:
+    try:
+        return update_payload_bytes(update, cache)
+    except TypeError:  # a metric no Flower record can carry (an in-process client's): never sent
+        return 0
+
+
+def write_communication(run_dir: Path, record: dict[str, Any]) -> None:
+    """``communication.json``: the run's bytes so far (FlowerTune reports the total, in MB)."""
+    down, up = record["bytes_down_total"], record["bytes_up_total"]
+    summary = {"rounds": record["round"], "bytes_down": down, "bytes_up": up, "bytes_total": down + up,
+               "megabytes_total": (down + up) / 1e6,
+               "counted": "train messages and update replies as Flower serializes their records "
+                          "(fedit.comm.payload); message envelopes and gRPC/TLS framing excluded"}
+    atomic_write_text(run_dir / COMMUNICATION_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 def round_summary(record: dict[str, Any], rounds: int) -> str:
@@ -204,8 +268,19 @@ def round_summary(record: dict[str, Any], rounds: int) -> str:
         parts.append(f"svd drop {_num(record['svd_energy_dropped_mean'], '.3g')}")
     if "dp_epsilon" in record:
         parts.append(f"DP epsilon {_num(record['dp_epsilon'], '.3g')} (delta {record['dp_delta']:.0e})")
+    if record.get("robust_rejected"):
+        parts.append(f"rejected {record['robust_rejected']}")
+    if record.get("robust_clipped"):
+        parts.append(f"clipped {record['robust_clipped']}")
     if record.get("dropped"):
         parts.append(f"dropped {len(record['dropped'])}")
+    if "bytes_down_total" in record:
+        parts.append(f"comm {_mb(record['bytes_down'])}/{_mb(record['bytes_up'])} MB down/up, "
+                     f"total {_mb(record['bytes_down_total'] + record['bytes_up_total'])} MB")
     if "seconds" in record:
         parts.append(f"{record['seconds']:.1f} s")
     return " | ".join(parts)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3g}"

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from fedit.config import Config, flag
 from fedit.errors import ConfigError
+from fedit.runners.checkpoint import client_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,9 @@ class RunLogger:
             self.backend.scalars(ROUND, int(record["round"]), round_scalars(record))
             self.backend.flush()
         elif kind == "client" and not self._per_step:   # the steps themselves are logged already
-            self.global_step += int(record.get("steps") or 0)
-            values = {f"client/{k}": float(v) for k, v in record.items()
+            reported = client_metrics(record)
+            self.global_step += int(reported.get("steps") or 0)
+            values = {f"client/{k}": float(v) for k, v in {**record, **reported}.items()
                       if _numeric(v) and k not in ("round", "client")}
             self.backend.scalars(STEP, self.global_step, values)
 
@@ -215,7 +217,7 @@ def open_logger(cfg: Config, run_dir: Path, history: list[dict[str, Any]]) -> Ru
     if name == "none":
         return None
     rounds = [r["round"] for r in history if r.get("type") == "round"]
-    steps = sum(int(r.get("steps") or 0) for r in history if r.get("type") == "client")
+    steps = sum(int(client_metrics(r).get("steps") or 0) for r in history if r.get("type") == "client")
     if name == "tensorboard":
         backend: Backend = TensorBoardBackend(run_dir / "tensorboard",
                                               {ROUND: max(rounds) + 1 if rounds else 0, STEP: steps + 1})

@@ -9,11 +9,14 @@ checkpoint that makes ``--resume`` possible.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from fedit.attacks import AttackPlan, plan_attack, trigger_success
 from fedit.client.batching import num_steps
 from fedit.client.job import ClientJob, ClientState, ClientUpdate, job_train_config, run_job
 from fedit.config import Config
@@ -21,6 +24,7 @@ from fedit.data import Example, write_partition_stats
 from fedit.data.prompts import TokenizedExample
 from fedit.data.fingerprint import data_fingerprint, with_absolute_paths
 from fedit.errors import CheckpointError
+from fedit.fileio import atomic_write_text
 from fedit.model import AdapterState, adapter_config, model_origin, save_adapter
 from fedit.progress import Progress
 from fedit.provenance import provenance
@@ -49,9 +53,10 @@ class InProcessClients:
     client's records are tokenized on first use and its client state is kept between rounds."""
 
     def __init__(self, bench: Workbench, clients: Sequence[list[Example]], cfg: Config,
-                 progress: Progress, run_dir: RunDir | None = None) -> None:
+                 progress: Progress, run_dir: RunDir | None = None, attack: AttackPlan | None = None) -> None:
         self.bench, self.clients, self.cfg, self.progress = bench, clients, cfg, progress
         self.run_dir = run_dir   # where every local step is logged (the --logger tracker)
+        self.attack = attack     # simulated attackers (--attack), or None
         self._tokenized: dict[int, list[TokenizedExample]] = {}
         self.client_states: dict[int, ClientState] = {}
 
@@ -75,6 +80,8 @@ class InProcessClients:
         if not data:  # every record was skipped by tokenization (--max-len)
             return ClientFailure(job.client_id, no_examples_reason(job.client_id, len(self.clients[job.client_id]),
                                                                    self.cfg.data.max_len))
+        if self.attack is not None and job.client_id in self.attack.attackers and self.attack.job_config():
+            job = dataclasses.replace(job, config={**job.config, **self.attack.job_config()})
         train = job_train_config(self.cfg.train, job.config)
         total = num_steps(len(data), train.batch_size, train.local_epochs, train.local_steps)
         with self.progress.task(f"client {job.client_id} steps", total) as bar:
@@ -109,14 +116,16 @@ class Simulation:
         self.progress = progress or Progress()
 
     def setup(self) -> None:
-        """Data, run directory checks and the model first: a mistake in any of them stops the
-        run before anything is written."""
+        """Data, run directory checks, the strategy and the model first: a mistake in any of them
+        stops the run before anything is written."""
         self.cfg = cfg = with_absolute_paths(self.cfg)   # config.yaml names the data wherever it runs
         check_methods(cfg)  # a combination of methods that makes no sense
         self.clients = load_clients(cfg)
         cfg.federation.clients_to_sample(len(self.clients), clients_source(cfg))  # --partition files: fewer
         layouts = client_layouts(cfg, len(self.clients))
+        strategy = build_strategy(cfg, len(self.clients), layouts)  # refuses impossible method settings
         test = load_test(cfg)
+        attack = plan_attack(cfg, len(self.clients))
         fingerprint = data_fingerprint(cfg)
         self.run_dir.check(cfg, self.resume, fingerprint)
         self.bench: Workbench = self._bench if self._bench is not None else build_workbench(cfg)
@@ -128,15 +137,22 @@ class Simulation:
         heterogeneous = cfg.lora.client_ranks is not None or cfg.lora.client_targets is not None
         write_partition_stats(self.clients, self.run_dir.path, layout_record(layouts) if heterogeneous else None)
         test_tok = self.bench.tokenize(test, cfg.data, train_on_prompt=False)
-        self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress, self.run_dir)
+        if attack is not None:
+            self.clients = attack.poison(self.clients)
+            atomic_write_text(self.run_dir.path / "attack.json", json.dumps(attack.record(), indent=2) + "\n")
+            logger.warning("simulated attack %s by clients %s", attack.attack, attack.attackers)
+        self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress, self.run_dir, attack)
         transport = self.transport
         if cfg.privacy.secure_aggregation:  # the round loop gets only the (quantised) sum, as from SecAgg+
             from fedit.privacy.secagg_transport import SimulatedSecureAggregation
 
             transport = SimulatedSecureAggregation(self.transport, cfg, [len(c) for c in self.clients])
-        self.federation = Federation(cfg, build_strategy(cfg, len(self.clients), layouts), transport, self.run_dir,
-                                     evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
-                                     progress=self.progress)
+        evaluate = self.bench.evaluator(test_tok, cfg.federation.eval_batch_size)
+        if attack is not None and attack.attack == "backdoor" and evaluate is not None:
+            evaluate = with_trigger_success(evaluate, self.bench, test, cfg)
+        self.federation = Federation(cfg, strategy, transport, self.run_dir, evaluate=evaluate,
+                                     progress=self.progress,
+                                     known_examples={cid: len(c) for cid, c in enumerate(self.clients)})
         self.federation.start(self.bench.initial_state, ckpt)
 
     def finish(self) -> RunResult:
@@ -164,6 +180,15 @@ def save_final(bench: Workbench, state: AdapterState, run_dir: RunDir, cfg: Conf
                               f"every round is checkpointed, write it with --resume once there is space"
                               .replace("\n", " ")) from None
     logger.info("final adapter written to %s", run_dir.final_dir)
+
+
+def with_trigger_success(evaluate: Callable[[AdapterState], dict], bench: Workbench, test: Sequence[Example],
+                         cfg: Config) -> Callable[[AdapterState], dict]:
+    """Central evaluation plus the backdoor's trigger success rate on held-out prompts."""
+    def both(state: AdapterState) -> dict:
+        result = evaluate(state)  # leaves ``state`` in the resident model
+        return {**result, "backdoor": trigger_success(bench, test, cfg.robustness, cfg.data.template)}
+    return both
 
 
 def run_simulation(cfg: Config, out: str | Path, *, resume: bool = False,

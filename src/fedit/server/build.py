@@ -108,6 +108,17 @@ def check_methods(cfg: Config, layouts: Sequence[ClientLora] | None = None,
         raise ConfigError(f"{pooling[0]} releases only the mean of the clients' factors, but --lora-aggregation "
                           "product-svd needs each client's own B and A: use factors, zero-pad or ffa with it")
     uneven = any(r != lora_r for r in ranks) or any(t != canonical_targets(cfg.lora.lora_targets) for t in targets)
+    robust = cfg.robustness.robust
+    if robust != "none" and (pooling or uneven or agg == "product-svd"):
+        why = pooling[0] if pooling else f"{ranks_flag}/{targets_flag}" if uneven else "--lora-aggregation product-svd"
+        raise ConfigError(f"--robust {robust} compares the clients' updates coordinate by coordinate; it does not "
+                          f"combine with {why}, which "
+                          + ("releases only their mean" if pooling else "gives them different shapes" if uneven
+                             else "needs each client's own factors and re-factors their products")
+                          + ": drop one of them")
+    if cfg.communication.compress != "none" and cfg.privacy.secure_aggregation:
+        raise ConfigError(f"--compress {cfg.communication.compress} codes each update for the server to decode, but "
+                          "--secure-aggregation gives the server only their masked sum: drop one of them")
     if pooling and uneven:
         raise ConfigError(f"{pooling[0]} sums updates of one shape, but {ranks_flag}/{targets_flag} give clients "
                           "adapters of different shapes: drop one of them")

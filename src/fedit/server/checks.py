@@ -1,10 +1,18 @@
-"""Checks of client replies before aggregation: bad ones are dropped and logged, never averaged."""
+"""Checks of client replies before aggregation: bad ones are dropped and logged, never averaged.
+
+A reply is untrusted input: its adapter must match what the client was sent (keys, shapes,
+floating dtypes) and be finite as float32, the precision the server aggregates in; its example
+count must be a positive int; every metric must be one finite number (a list, a string or a NaN
+drops that reply only, never the round).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+import torch
 
 from fedit.client.job import ClientUpdate
 from fedit.errors import UpdateError
@@ -13,18 +21,48 @@ from fedit.model import AdapterState, check_adapter_state
 logger = logging.getLogger(__name__)
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_metrics(client_id: int, metrics: Mapping[str, Any]) -> None:
+    """Raise UpdateError unless every metric is a single finite int or float."""
+    for name, value in metrics.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            raise UpdateError(f"client {client_id}: metric {_short(name)} is {_short(value)}, "
+                              "expected a finite number")
+
+
 def check_update(reference: AdapterState, update: ClientUpdate) -> None:
     """Raise UpdateError (one line, naming the client) if the update cannot be aggregated."""
-    if not isinstance(update.num_examples, int) or update.num_examples <= 0:
-        raise UpdateError(f"client {update.client_id}: num_examples must be a positive int, "
-                          f"got {update.num_examples!r}")
+    count = update.num_examples
+    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
+        raise UpdateError(f"client {update.client_id}: num_examples must be a positive int, got {_short(count)}")
     try:
         check_adapter_state(reference, update.state)
     except UpdateError as exc:
         raise UpdateError(f"client {update.client_id}: {exc}") from None
-    for name, value in update.metrics.items():
-        if isinstance(value, float) and not math.isfinite(value) and name == "train_loss":
-            raise UpdateError(f"client {update.client_id}: train_loss is {value}")
+    check_metrics(update.client_id, update.metrics)
+
+
+def update_norm(sent: AdapterState, state: AdapterState) -> float:
+    """L2 norm of an update's delta from the adapter its client was sent, over every tensor
+    (in float64, so that a huge but finite float32 update still has a finite norm)."""
+    total = 0.0
+    for key, ref in sent.items():
+        diff = state[key].to(torch.float64) - ref.to(torch.float64)
+        total += float(diff.square().sum())
+    return math.sqrt(total)
+
+
+def is_finite_state(state: Any) -> bool:
+    """False when a (well-formed) adapter holds a NaN or an infinity as float32 (a diverged client)."""
+    try:
+        return all(bool(torch.isfinite(v.to(torch.float32)).all()) for v in state.values())
+    except (AttributeError, TypeError, RuntimeError):
+        return True  # malformed, not diverged: the checks say what is wrong with it
 
 
 def filter_updates(reference: AdapterState | Mapping[int, AdapterState],

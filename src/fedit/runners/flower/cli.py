@@ -119,8 +119,10 @@ def _local(sub, add_config_flags, config_from_args) -> None:
         history = [r for r in RunDir(result.run_dir).metrics.read() if r.get("type") == "round"]
         for line in run_summary(history, result.run_dir, time.perf_counter() - start):
             logger.info("%s", line)
+        comm = result.run_dir / "communication.json"
+        mb = json.loads(comm.read_text())["megabytes_total"] if comm.is_file() else None
         print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
-                          "work_dir": str(result.work_dir)}))
+                          "work_dir": str(result.work_dir), "communication_mb": mb}))
         return 0
 
     p.set_defaults(func=run)

@@ -25,7 +25,7 @@ from fedit.runners.flower import appdir, launch
 from fedit.runners.flower.processes import (ProcessGroup, alive, flower_env, free_port, running_owner,
                                             sigterm_as_interrupt, stop_leftovers, wait_for_port)
 from fedit.runners.flower.security import make_node_key, make_tls
-from fedit.runners.flower.wire import run_config_values
+from fedit.runners.flower.wire import check_deployable, run_config_values
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class LocalFederation:
         from fedit.server.build import check_methods, client_layouts
 
         check_methods(self.cfg)
+        check_deployable(self.cfg)
         heterogeneous = self.cfg.lora.client_ranks is not None or self.cfg.lora.client_targets is not None
         # --client-ranks / --client-targets become the nodes' own lora-rank / lora-targets
         self.layouts = client_layouts(self.cfg, len(self.opts.node_data)) if heterogeneous else None

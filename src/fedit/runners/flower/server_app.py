@@ -104,6 +104,7 @@ class FlowerServer:
         self.cfg = cfg = with_absolute_paths(self.cfg)
         deploy = self.s.deploy
         check_methods(cfg)
+        wire.check_deployable(cfg)
         test = load_test(cfg)
         fingerprint = data_fingerprint(cfg, ("test_data",))  # the training data lives on the nodes
         self.run_dir.check(cfg, self.s.resume, fingerprint)
@@ -112,7 +113,7 @@ class FlowerServer:
         ckpt = self.run_dir.prepare(cfg, self.s.resume, fingerprint=fingerprint,
                                     provenance={**provenance(), "model": self.origin})
         self.run_dir.adapter_config = adapter_config(self.bench.model, self.bench.base.path)
-        self.nodes = self._roll_call()
+        self.nodes, sizes = self._roll_call()
         check_methods(cfg, self.layouts, NODE_FLAGS)
         check_client_targets(self.bench.model, [lay.targets for lay in self.layouts])
         test_tok = self.bench.tokenize(test, cfg.data, train_on_prompt=False)
@@ -121,10 +122,10 @@ class FlowerServer:
         if cfg.privacy.secure_aggregation:  # Flower's SecAgg+: the loop gets only the sum of the updates
             from fedit.runners.flower.secagg import SecureFlowerClients
 
-            transport = SecureFlowerClients(self.grid, self.nodes, self.client_sizes, cfg, deploy.round_timeout)
+            transport = SecureFlowerClients(self.grid, self.nodes, sizes, cfg, deploy.round_timeout)
         self.federation = Federation(cfg, build_strategy(cfg, len(self.nodes), self.layouts), transport, self.run_dir,
                                      evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
-                                     min_updates=deploy.min_nodes)
+                                     min_updates=deploy.min_nodes, known_examples=sizes)
         self.federation.start(self.bench.initial_state, ckpt)
 
     def _wait_for_nodes(self) -> list[int]:
@@ -139,8 +140,9 @@ class FlowerServer:
         logger.info("%d node(s) connected", len(node_ids))
         return node_ids
 
-    def _roll_call(self) -> dict[int, int]:
-        """Ask every node for its client index and record count: {client index: node id}."""
+    def _roll_call(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Ask every node for its client index and record count: ({client index: node id},
+        {client index: the record count its node reported}, which caps the counts it claims later)."""
         node_ids = self._wait_for_nodes()
         msgs = [Message(RecordDict({wire.CONFIG: ConfigRecord({"hello": 1})}), dst_node_id=n,
                         message_type=MessageType.QUERY, group_id="roll-call") for n in node_ids]
@@ -165,7 +167,9 @@ class FlowerServer:
                 pinned[node] = index
             else:
                 free.append(node)
-        return self._assign(pinned, free, info)
+        clients = self._assign(pinned, free, info)
+        sizes = {c: _count(info[n].get("num-examples")) for c, n in clients.items()}
+        return clients, {c: n for c, n in sizes.items() if n > 0}
 
     def _assign(self, pinned: dict[int, int], free: list[int], info: dict[int, dict]) -> dict[int, int]:
         total = len(pinned) + len(free)
@@ -184,7 +188,6 @@ class FlowerServer:
                   "lora_from": "node" if info[n].get(wire.LORA_RANK_KEY) or info[n].get(wire.LORA_TARGETS_KEY)
                   else "run", "error": info[n].get("error") or None} for c, n in sorted(clients.items())]
         atomic_write_text(self.run_dir.path / "nodes.json", json.dumps(table, indent=2) + "\n")
-        self.client_sizes = {r["client"]: int(r["num_examples"] or 0) for r in table}  # secure aggregation weights
         logger.info("clients: %s", ", ".join(f"{r['client']}=node {r['node_id']} ({r['num_examples']} records)"
                                              for r in table))
         return clients
@@ -211,6 +214,11 @@ class FlowerServer:
             self.finish()
         finally:  # loss.png and the tracker's files, also when a round stops the run
             self.run_dir.close()
+
+
+def _count(value: Any) -> int:
+    """A roll-call record count as an int (0 when it is not one)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def exchange(grid: Grid, msgs: list[Message], keys: list[Any], timeout: float | None) -> dict[Any, Message]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedit.comm.payload import ARRAYS, CONFIG, EXTRA_PREFIX, JOB, METRICS, Layout, job_layout, update_layout
 from fedit.config import Config, DeployConfig, dump_config
 from fedit.errors import ConfigError, UpdateError
 
@@ -37,9 +38,6 @@ CLIENT_INDEX_KEY = "client-index"
 LORA_RANK_KEY = "lora-rank"          # the rank this node trains (heterogeneous clients; default: the run's)
 LORA_TARGETS_KEY = "lora-targets"    # the modules this node adapts (default: the run's)
 
-# Message content keys.
-ARRAYS, CONFIG, JOB, METRICS = "arrays", "config", "job", "metrics"
-EXTRA_PREFIX = "arrays."             # + name: one ArrayRecord per extra tensor dict of a job or update
 FEDIT_ERROR_CODE = 100               # a node's user error (bad data file...), one line in the reason
 
 
@@ -59,6 +57,13 @@ def deploy_from_run(run_config: dict[str, Any]) -> DeployConfig:
     return DeployConfig(**{n: run_config[_key(n)] for n in names if _key(n) in run_config})
 
 
+def check_deployable(cfg: Config) -> None:
+    """Settings that exist only in the simulation are refused before anything starts."""
+    if cfg.robustness.attack != "none":
+        raise ConfigError(f"--attack {cfg.robustness.attack}: attacks are simulated by `fedit run` only; "
+                          "a Flower deployment has no simulated attackers")
+
+
 def run_config_values(cfg: Config, out: Path, *, resume: bool = False,
                       deploy: DeployConfig | None = None) -> dict[str, Any]:
     """The run config of a fedit run (what ``flwr run --run-config FILE`` submits)."""
@@ -75,8 +80,10 @@ def config_from_run(run_config: dict[str, Any]) -> Config:
     return Config.from_dict(yaml.safe_load(text), f"run config '{CONFIG_KEY}'")
 
 
-def _extra_records(arrays: dict[str, Any]) -> dict[str, ArrayRecord]:
-    return {EXTRA_PREFIX + name: ArrayRecord(torch_state_dict=state) for name, state in arrays.items()}
+def _records(layout: Layout) -> RecordDict:
+    """Flower records of a layout (fedit.comm.payload: the one definition of what travels)."""
+    kinds = {"arrays": lambda v: ArrayRecord(torch_state_dict=v), "config": ConfigRecord, "metrics": MetricRecord}
+    return RecordDict({name: kinds[kind](value) for name, (kind, value) in layout.items()})
 
 
 def _extra_arrays(content: RecordDict) -> dict[str, Any]:
@@ -85,12 +92,7 @@ def _extra_arrays(content: RecordDict) -> dict[str, Any]:
 
 
 def train_content(job: ClientJob) -> RecordDict:
-    return RecordDict({
-        ARRAYS: ArrayRecord(torch_state_dict=job.state),
-        CONFIG: ConfigRecord({"round": job.round, "client-index": job.client_id}),
-        JOB: ConfigRecord(dict(job.config)),
-        **_extra_records(job.arrays),
-    })
+    return _records(job_layout(job))
 
 
 def job_from_message(msg: Message) -> ClientJob:
@@ -104,13 +106,7 @@ def job_from_message(msg: Message) -> ClientJob:
 
 
 def update_content(update: ClientUpdate) -> RecordDict:
-    metrics = {k: float(v) if isinstance(v, float) else v for k, v in update.metrics.items()}
-    return RecordDict({
-        ARRAYS: ArrayRecord(torch_state_dict=update.state),
-        METRICS: MetricRecord({**metrics, "num-examples": update.num_examples,
-                               "client-index": update.client_id}),
-        **_extra_records(update.arrays),
-    })
+    return _records(update_layout(update))
 
 
 def update_from_reply(reply: Message, client_id: int) -> ClientUpdate:
