@@ -198,20 +198,13 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_target(args: argparse.Namespace) -> tuple[Config, str | None]:
-    """The config and adapter of ``fedit eval``/``generate``: the run's (--run), else the default
-    preset's; flags on top; a lone --adapter brings its base model."""
-    from fedit.eval.cli_support import target
-
-    return target(args.run, args.adapter, lambda base: config_from_args(args, base), DEFAULT_PRESET,
-                  model_given="model" in args)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from fedit.chat_cli import given_flags
     from fedit.eval.cli_support import evaluate_model
+    from fedit.eval.source import resolve_source
 
-    cfg, adapter = _eval_target(args)
-    print(json.dumps(evaluate_model(cfg, adapter), indent=2, default=float))
+    source = resolve_source(given_flags(args), run=args.run, adapter=args.adapter, preset=DEFAULT_PRESET)
+    print(json.dumps(evaluate_model(source), indent=2, default=float))
     return 0
 
 

@@ -1,11 +1,14 @@
 """Which model a command after training uses: ``--run RUN`` or ``--adapter DIR`` -> base model +
-adapter + the settings it was trained with. One place for ``fedit generate``, ``chat`` and ``export``.
+adapter + the settings it was trained with. One place for ``fedit eval``, ``generate``, ``chat``
+and ``export``.
 
-- ``--run RUN``: the run's ``config.yaml`` (base model, template, precision...) and ``RUN/final``.
+- ``--run RUN``: the run's ``config.yaml`` (base model, template, max length, test data and records,
+  seed...) and ``RUN/final``, or the adapter ``--adapter`` names (e.g. ``RUN/checkpoints/round_0002``);
+  ``fedit eval --run RUN`` therefore gives exactly the loss the run logged.
 - ``--adapter DIR``: the base model is the adapter's ``base_model_name_or_path`` (from
-  ``adapter_config.json``) unless ``--model`` is given; when DIR is a run's ``final/``, that run's
-  settings (template...) are used as with ``--run``.
-- neither: the base model alone (``--model``, default SmolLM2).
+  ``adapter_config.json``) unless ``--model`` is given; when DIR is a run's ``final/`` or one of its
+  checkpoints, that run's settings (template...) are used as with ``--run``.
+- neither: the base model alone, with the default preset's settings (cpu-demo, as ``fedit run``).
 
 Flags given on the command line (``--model``, ``--template``, ``--device``...) override all of these.
 """
@@ -58,40 +61,55 @@ def _run_config(run: Path, flag: str) -> Config:
 
     saved = RunDir(run).saved_config()
     if saved is None:
-        raise ConfigError(f"{flag}: {run} is not a fedit run directory (no config.yaml)")
+        raise ConfigError(f"{flag}: {run} holds no fedit run (no config.yaml)")
     return saved
 
 
-def resolve_source(given: dict[str, Any], *, run: str | None = None, adapter: str | None = None) -> ModelSource:
+def resolve_source(given: dict[str, Any], *, run: str | None = None, adapter: str | None = None,
+                   preset: str = "cpu-demo") -> ModelSource:
     """The model a command uses; ``given`` holds the config flags the user passed (flat)."""
-    if run is not None and adapter is not None:
-        raise ConfigError("--run: give either --run or --adapter, not both")
+    from fedit.config import load_config
+
     if run is not None:
         run_dir = Path(run).expanduser()
         base = _run_config(run_dir, "--run")
-        final = run_dir / "final"
-        if not (final / ADAPTER_CONFIG).is_file():
-            raise ConfigError(f"--run: {run_dir} has no final adapter yet ({final}); finish the run with "
-                              f"`fedit run --out {run_dir} --resume`")
-        return ModelSource(base.override(given), final, run_dir)
+        path = run_dir / "final" if adapter is None else Path(adapter).expanduser()
+        if adapter is None and not (path / ADAPTER_CONFIG).is_file():
+            raise ConfigError(f"--run: {run_dir} has no final adapter yet (the run has not finished); pass "
+                              f"--adapter {run_dir / 'checkpoints'}/round_NNNN to use a checkpoint, or finish "
+                              f"it with `fedit run --out {run_dir} --resume`")
+        settings = lora_settings(adapter_meta(path))
+        return ModelSource(base.override({**settings, **given}), path, run_dir)
     if adapter is None:
-        return ModelSource(Config().override(given), None, None)
+        return ModelSource(load_config(preset).override(given), None, None)
     path = Path(adapter).expanduser()
     meta = adapter_meta(path)
-    run_dir = path.parent if path.name == "final" and (path.parent / "config.yaml").is_file() else None
-    cfg = _run_config(run_dir, "--adapter") if run_dir is not None else Config()
+    run_dir = owning_run(path)
+    cfg = _run_config(run_dir, "--adapter") if run_dir is not None else load_config(preset)
     settings = dict(lora_settings(meta))
     if "model" not in given and run_dir is None:
         settings["model"] = _adapter_base(meta, path)
     return ModelSource(cfg.override({**settings, **given}), path, run_dir)
 
 
+def owning_run(path: Path) -> Path | None:
+    """The run an adapter folder belongs to: RUN for RUN/final and RUN/checkpoints/round_NNNN."""
+    for run in (path.parent, path.parent.parent if path.parent.name == "checkpoints" else None):
+        if run is not None and path.name.startswith(("final", "round_")) and (run / "config.yaml").is_file():
+            return run
+    return None
+
+
 def _adapter_base(meta: dict[str, Any], path: Path) -> str:
+    """The base model an adapter names (``base_model_name_or_path``), checked to exist when it is a path."""
     base = meta.get("base_model_name_or_path")
+    file = path / ADAPTER_CONFIG
     if not isinstance(base, str) or not base:
-        raise ModelError(f"--adapter: {path / ADAPTER_CONFIG} names no base model; pass --model")
-    if base.startswith("/") and not Path(base).exists():
-        raise ModelError(f"--adapter: its base model {base} is not there any more (moved cache?); pass --model")
+        raise ModelError(f"--adapter: {file} names no base model (base_model_name_or_path); pass --model")
+    looks_like_path = base.startswith(("/", "~", ".")) or base.count("/") > 1  # else a hub id: org/name
+    if looks_like_path and not Path(base).expanduser().is_dir():
+        raise ModelError(f"--adapter: its base model {base} (base_model_name_or_path in {file}) is missing "
+                         "(moved cache?); pass --model with the base model it was trained on")
     return base
 
 
