@@ -4,9 +4,7 @@ how to use it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from fedit.eval.source import ModelSource
 from fedit.fileio import atomic_write_text
@@ -32,37 +30,18 @@ convert it for llama.cpp with `python convert_lora_to_gguf.py {where} --base {ba
 
 
 def _training_lines(run: Path | None) -> list[str]:
+    """The run's facts, as its final/ adapter's model card states them (fedit.runners.summary)."""
     if run is None:
         return ["- Trained with fedit (the run directory was not given, so no details are recorded here)."]
-    cfg = _yaml(run / "config.yaml")
-    fed, data, lora, train = (cfg.get(k, {}) for k in ("federation", "data", "lora", "train"))
-    lines = [f"- Federation: {fed.get('rounds')} rounds, strategy `{fed.get('strategy')}`, "
-             f"{fed.get('clients_per_round') or fed.get('fraction')} clients per round, seed {fed.get('seed')}",
-             f"- Data: `{data.get('data')}`, partition `{data.get('partition')}` "
-             f"({data.get('num_clients')} clients unless the partition fixes it), template `{data.get('template')}`",
-             f"- LoRA: r={lora.get('lora_r')}, alpha={lora.get('lora_alpha')}, targets `{lora.get('lora_targets')}`",
-             f"- Local training: lr {train.get('lr')} ({train.get('lr_schedule', 'constant')} schedule), "
-             f"batch {train.get('batch_size')}, {train.get('local_steps') or train.get('local_epochs')} "
-             f"{'steps' if train.get('local_steps') else 'epochs'} per round"]
-    last = _last_round(run / "metrics.jsonl")
-    overall = ((last or {}).get("eval") or {}).get("overall")
-    if overall:
-        lines.append(f"- Held-out loss after round {last['round']}: {overall['loss']:.4f} "
-                     f"(perplexity {overall['perplexity']:.2f}) on `{data.get('test_data')}`")
-    return lines
+    from fedit.runners.rundir import RunDir
+    from fedit.runners.summary import run_facts
 
-
-def _yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
-
-
-def _last_round(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    rounds = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("type") == "round"]
-    return rounds[-1] if rounds else None
+    run_dir = RunDir(run)
+    cfg = run_dir.saved_config()
+    if cfg is None:
+        return [f"- Trained with fedit in {run} (its config.yaml is missing)."]
+    history = [r for r in run_dir.metrics.read() if r.get("type") == "round"]
+    return [f"- {fact}" for fact in run_facts(cfg, history)]
 
 
 def card_text(source: ModelSource, base_path: str, hub_id: str | None, *, merged: bool, where: str = ".") -> str:

@@ -65,6 +65,12 @@ def run_facts(cfg: Config, history: Sequence[dict[str, Any]]) -> list[str]:
         facts.append(f"Held-out loss on {d.test_data}: {_fmt(first.get('loss'))} before training (round "
                      f"{pair[0]['round']}) -> {_fmt(last.get('loss'))} after round {pair[1]['round']} "
                      f"(perplexity {_fmt(last.get('perplexity'), '.2f')}, {last.get('examples')} examples)")
+    else:
+        evaluated = [r for r in history if (r.get("eval") or {}).get("overall")]
+        if evaluated:
+            last = evaluated[-1]["eval"]["overall"]
+            facts.append(f"Held-out loss after round {evaluated[-1]['round']}: {_fmt(last.get('loss'))} "
+                         f"(perplexity {_fmt(last.get('perplexity'), '.2f')}) on {d.test_data}")
     return facts
 
 
