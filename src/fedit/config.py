@@ -22,6 +22,7 @@ from fedit.registry import STRATEGIES
 STRATEGY_NAMES = tuple(STRATEGIES)
 PARTITION_NAMES = ("iid", "dirichlet", "shards", "files")
 TEMPLATE_NAMES = ("chat", "alpaca")
+LORA_KERNELS = ("auto", "fused", "peft")
 
 
 def flag(name: str) -> str:
@@ -133,6 +134,10 @@ class TrainConfig(_Section):
     grad_clip: float = _opt(1.0, "max gradient norm (0 disables clipping)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     proximal_mu: float = _opt(0.01, "fedprox: weight of the proximal term mu/2*||w - w_global||^2")
+    lora_kernel: str = _opt("auto", "LoRA compute of local training: fused (packed sequences, projections "
+                            "sharing an input in one matmul, one dropout mask per shared input; see "
+                            "docs/performance.md), peft (PEFT's own layers), auto (fused where supported)",
+                            LORA_KERNELS)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -163,6 +168,10 @@ class FederationConfig(_Section):
     seed: int = _opt(42, "seed of sampling, partitioning, LoRA init and local training")
     eval_batch_size: int = _opt(8, "examples per forward pass in central evaluation")
     keep_checkpoints: int = _opt(2, "how many round checkpoints to keep (the newest)")
+    concurrent_clients: int | None = _opt(None, "simulation: clients of a round trained at once in one pass "
+                                          "over the shared base (multi-LoRA, needs the fused LoRA kernel); "
+                                          "default: all clients of the round as far as memory allows; "
+                                          "1: one after another")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -179,6 +188,8 @@ class FederationConfig(_Section):
         _require(self.eval_batch_size >= 1, "eval_batch_size", f"must be at least 1, got {self.eval_batch_size}")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints",
                  f"must be at least 1, got {self.keep_checkpoints}")
+        _require(self.concurrent_clients is None or self.concurrent_clients >= 1, "concurrent_clients",
+                 f"must be at least 1, got {self.concurrent_clients}")
 
     def clients_to_sample(self, num_clients: int) -> int:
         """How many clients one round samples, given how many exist."""
@@ -209,6 +220,8 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
 
     def __post_init__(self) -> None:
+        _require(self.federation.concurrent_clients in (None, 1) or self.train.lora_kernel != "peft",
+                 "concurrent_clients", "training clients at once needs --lora-kernel fused (or auto)")
         if self.data.partition != "files" and self.federation.clients_per_round is not None \
                 and self.federation.fraction is None:
             self.federation.clients_to_sample(self.data.num_clients)

@@ -20,11 +20,27 @@ from fedit.client.job import ClientUpdate, Correction
 from fedit.client.loss import token_losses
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
+from fedit.errors import ConfigError
 from fedit.model import AdapterState, adapter_parameters, autocast, get_adapter_state, set_adapter_state
 
 logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+
+def resolve_lora_kernel(spec: str, model: torch.nn.Module) -> str:
+    """``--lora-kernel auto|fused|peft`` -> ``fused`` or ``peft`` for this model."""
+    if spec == "peft":
+        return "peft"
+    from fedit.client.fused import why_unsupported
+
+    reason = why_unsupported(model)
+    if reason is None:
+        return "fused"
+    if spec == "fused":
+        raise ConfigError(f"--lora-kernel fused: not supported for this model ({reason}); use auto or peft")
+    logger.info("LoRA kernel: peft (fused not supported: %s)", reason)
+    return "peft"
 
 
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
@@ -33,14 +49,20 @@ def client_seed(seed: int, round_idx: int, client_id: int) -> int:
 
 
 class LocalTrainer:
-    """Trains the LoRA parameters of one resident PEFT model for one client at a time."""
+    """Trains the LoRA parameters of one resident PEFT model for one client at a time.
+
+    ``lora_kernel`` (``--lora-kernel``): ``peft`` runs PEFT's own layers on padded micro-batches;
+    ``fused`` runs :func:`fedit.client.multilora.train_clients` (packed sequences, fused LoRA);
+    ``auto`` picks ``fused`` where it supports the model. See docs/performance.md.
+    """
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device,
-                 autocast_dtype: torch.dtype | None, pad_id: int) -> None:
+                 autocast_dtype: torch.dtype | None, pad_id: int, lora_kernel: str = "peft") -> None:
         self.model = model
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.pad_id = pad_id
+        self.lora_kernel = resolve_lora_kernel(lora_kernel, model)
 
     def fit(self, global_state: AdapterState, examples: Sequence[TokenizedExample], cfg: TrainConfig,
             *, seed: int, round_idx: int, client_id: int, corrections: Sequence[Correction] = (),
@@ -50,6 +72,9 @@ class LocalTrainer:
         ``corrections`` add a method's term to the gradients of every step before clipping
         (FedProx's proximal term, SCAFFOLD's control variates; see fedit.client.job).
         """
+        if self.lora_kernel == "fused" and self._fused_usable():
+            return self._fit_fused(global_state, examples, cfg, seed=seed, round_idx=round_idx,
+                                   client_id=client_id, corrections=corrections, on_step=on_step)
         start = time.perf_counter()
         set_adapter_state(self.model, global_state)
         named = adapter_parameters(self.model)
@@ -81,6 +106,25 @@ class LocalTrainer:
             "compute_seconds": stats["compute_s"],
         }
         return ClientUpdate(client_id, state, len(examples), metrics)
+
+    def _fused_usable(self) -> bool:
+        from fedit.client.fused import why_unsupported
+
+        reason = why_unsupported(self.model)
+        if reason is not None:
+            logger.warning("fused LoRA kernel not usable now (%s): this update runs on peft", reason)
+        return reason is None
+
+    def _fit_fused(self, global_state: AdapterState, examples: Sequence[TokenizedExample], cfg: TrainConfig,
+                   *, seed: int, round_idx: int, client_id: int, corrections: Sequence[Correction],
+                   on_step: StepCallback | None) -> ClientUpdate:
+        """The fused local update: the one-client case of multi-LoRA training (same code path)."""
+        from fedit.client.multilora import ClientRun, train_clients
+
+        run = ClientRun(client_id, round_idx, global_state, examples, cfg, corrections, on_step)
+        update = train_clients(self, [run], seed=seed)[0]
+        set_adapter_state(self.model, update.state)  # the model holds the client's adapter, as with peft
+        return update
 
     def _step(self, step: list[list[int]], examples: Sequence[TokenizedExample], optimizer,
               cfg: TrainConfig, named: dict[str, torch.nn.Parameter], corrections: Sequence[Correction],

@@ -60,7 +60,7 @@ def build_workbench(cfg: Config) -> Workbench:
     model = add_lora(base.model, r=lora.lora_r, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
                      targets=lora.lora_targets, seed=cfg.federation.seed)
     trainer = LocalTrainer(model, device=base.device, autocast_dtype=base.autocast_dtype,
-                           pad_id=base.tokenizer.pad_token_id)
+                           pad_id=base.tokenizer.pad_token_id, lora_kernel=cfg.train.lora_kernel)
     return Workbench(base, model, trainer, get_adapter_state(model))
 
 

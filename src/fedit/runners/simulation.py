@@ -1,4 +1,5 @@
-"""In-process simulation: one resident base model, clients trained one after another.
+"""In-process simulation: one resident base model; clients trained one after another, or several
+at once in shared passes over the base (``--concurrent-clients``, :mod:`fedit.client.multilora`).
 
 A thin runner: the round loop is :class:`fedit.runners.federation.Federation`; this module
 only supplies its transport, :class:`InProcessClients`, which hands each job to
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 
 from fedit.client.batching import num_steps
 from fedit.client.job import ClientJob, ClientState, ClientUpdate, job_train_config, run_job
+from fedit.client.multilora import can_train_together, concurrency, run_jobs
 from fedit.config import Config
 from fedit.data import Example, write_partition_stats
 from fedit.data.prompts import TokenizedExample
@@ -54,11 +56,33 @@ class InProcessClients:
     def train(self, jobs: Sequence[ClientJob]) -> list[Reply]:
         replies: list[Reply] = []
         round_idx = jobs[0].round if jobs else 0
+        width = concurrency(self.bench.trainer, self.cfg, [self.client_data(j.client_id) for j in jobs])
         with self.progress.task(f"round {round_idx} clients", len(jobs)) as bar:
-            for job in jobs:
-                replies.append(self.train_client(job))
-                bar.advance(loss=replies[-1].metrics["train_loss"])
+            for start in range(0, len(jobs), width):
+                chunk = list(jobs[start:start + width])
+                if len(chunk) > 1 and can_train_together(self.bench.trainer, chunk):
+                    replies.extend(self.train_together(chunk))
+                    bar.advance(len(chunk), loss=replies[-1].metrics["train_loss"])
+                    continue
+                for job in chunk:
+                    replies.append(self.train_client(job))
+                    bar.advance(loss=replies[-1].metrics["train_loss"])
         return replies
+
+    def train_together(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate]:
+        """Several clients in shared passes over the resident base (fedit.client.multilora)."""
+        datas = [self.client_data(job.client_id) for job in jobs]
+        total = sum(num_steps(len(d), t.batch_size, t.local_epochs, t.local_steps)
+                    for d, t in ((d, job_train_config(self.cfg.train, j.config)) for d, j in zip(datas, jobs)))
+        ids = ",".join(str(job.client_id) for job in jobs)
+        with self.progress.task(f"clients {ids} steps (together)", total) as bar:
+            results = run_jobs(self.bench.trainer, jobs, datas, self.cfg.train, seed=self.cfg.federation.seed,
+                               client_states=self.client_states,
+                               on_step=lambda cid, step, total, loss: bar.advance(loss=loss))
+        for job, (update, state) in zip(jobs, results):
+            if state:
+                self.client_states[job.client_id] = state
+        return [update for update, _ in results]
 
     def train_client(self, job: ClientJob) -> ClientUpdate:
         data = self.client_data(job.client_id)
