@@ -149,10 +149,10 @@ def train_clients(trainer, runs: Sequence[ClientRun], *, seed: int) -> list[Clie
         model.train(was_training)
     total = time.perf_counter() - start
     compute = sum(c.stats["compute_s"] for c in clients) or 1.0
-    return [_update(c, total * c.stats["compute_s"] / compute) for c in clients]
+    return [_update(c, total * c.stats["compute_s"] / compute, len(clients)) for c in clients]
 
 
-def _update(client: _Client, seconds: float) -> ClientUpdate:
+def _update(client: _Client, seconds: float, together: int) -> ClientUpdate:
     stats = client.stats
     state = {k: p.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
              for k, p in client.params.items()}
@@ -163,22 +163,25 @@ def _update(client: _Client, seconds: float) -> ClientUpdate:
         "padded_tokens": stats["padded_tokens"],
         "seconds": max(seconds, stats["compute_s"]),
         "compute_seconds": stats["compute_s"],
+        "trained_together": together,
     }
     return ClientUpdate(client.run.client_id, state, len(client.run.examples), metrics)
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes this process may still allocate on ``device`` (free GPU memory, or MemAvailable)."""
+def device_memory(device: torch.device) -> int:
+    """Total bytes of ``device`` (GPU memory, or the machine's RAM). Total, not free: the number of
+    clients trained at once must not change between a run and its resume (results would differ
+    by float rounding, and ``--resume`` is bit-identical)."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        return int(torch.cuda.get_device_properties(device).total_memory)
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith("MemTotal:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def bytes_per_token(model: torch.nn.Module, dtype_bytes: int) -> int:
@@ -191,14 +194,16 @@ def bytes_per_token(model: torch.nn.Module, dtype_bytes: int) -> int:
 
 def concurrency(trainer, cfg, datas: Sequence[Sequence[TokenizedExample]]) -> int:
     """How many of these clients to train at once: ``--concurrent-clients``, or by default as many
-    as fit in half the memory still available (one micro-batch of each client's longest example)."""
+    as fit (one micro-batch of each client's longest example) in a quarter of the device's memory
+    beside the model."""
     if cfg.federation.concurrent_clients is not None:
         return cfg.federation.concurrent_clients
     if getattr(trainer, "lora_kernel", "peft") != "fused" or len(datas) < 2:
         return 1
     dtype_bytes = 2 if trainer.autocast_dtype is not None else 4
     per_token = bytes_per_token(trainer.model, dtype_bytes)
-    budget = available_memory(trainer.device) // 2
+    weights = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    budget = device_memory(trainer.device) // 4 - weights
     width, used = 0, 0
     for data in datas:
         need = cfg.train.micro_batch_size * max((len(e.input_ids) for e in data), default=0) * per_token

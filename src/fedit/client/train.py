@@ -104,6 +104,7 @@ class LocalTrainer:
             "padded_tokens": stats["padded_tokens"],
             "seconds": time.perf_counter() - start,
             "compute_seconds": stats["compute_s"],
+            "trained_together": 1,
         }
         return ClientUpdate(client_id, state, len(examples), metrics)
 
