@@ -194,20 +194,21 @@ class Group:
         if self.dropout > 0 and self.sites[0].module.training and ctx.streams is not None:
             drop = ctx.streams.drop(x2.shape[1], self.dropout).to(ctx.device, non_blocking=True)
         scale = 1.0 / (1.0 - self.dropout) if drop is not None else 1.0  # folded into B
-        deltas = []
-        for slot, start, end in ctx.blocks:
+        blocks = ctx.blocks
+        sizes = [end - start for _, start, end in blocks]
+        # split (not slice): its backward is one cat, where K slices would each add a zero-filled copy
+        rows_of = x2.split(sizes) if len(blocks) > 1 else (x2,)
+        base_of = out.split(sizes) if len(blocks) > 1 else (out,)
+        drop_of = drop.split(sizes) if drop is not None and len(blocks) > 1 else (drop,)
+        parts = []
+        for (slot, _, _), rows, base, mask in zip(blocks, rows_of, base_of, drop_of):
             w = ctx.weights[slot]
             a = torch.cat([w[s.key_a] for s in self.sites]) if len(self.sites) > 1 else w[self.sites[0].key_a]
             bs = [w[s.key_b] * (s.scaling * scale) for s in self.sites]
             b = torch.block_diag(*bs) if len(bs) > 1 else bs[0]
-            rows = x2[start:end]
-            if drop is None:
-                h = F.linear(rows, a)
-            else:
-                h = _DroppedLinear.apply(rows, drop[start:end], a)
-            deltas.append(F.linear(h, b))
-        delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas)
-        out = out + delta.to(out.dtype)
+            h = F.linear(rows, a) if mask is None else _DroppedLinear.apply(rows, mask, a)
+            parts.append(torch.addmm(base, h.to(base.dtype), b.t().to(base.dtype)))  # base + LoRA, one pass
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
         if len(self.sites) == 1:
             return [out.view(*shape, -1)]
         return [part.view(*shape, -1) for part in out.split(self.splits, dim=-1)]

@@ -77,9 +77,11 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     if bounds is None:
         raise RuntimeError("packed attention used outside fedit.client.packed.activate()")
     gqa = query.shape[1] != key.shape[1]
-    outs = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
-                                           is_causal=True, scale=scaling, enable_gqa=gqa)
-            for s, e in bounds]
+    sizes = [end - start for start, end in bounds]
+    # split (not slices): its backward is one cat, where each slice would add a zero-filled copy
+    parts = zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))
+    outs = [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
+                                           enable_gqa=gqa) for q, k, v in parts]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).contiguous(), None
 
