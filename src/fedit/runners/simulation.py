@@ -129,6 +129,15 @@ class Simulation:
                                      progress=self.progress)
         self.federation.start(self.bench.initial_state, ckpt)
 
+    @property
+    def state(self) -> AdapterState:
+        """The current global adapter."""
+        return self.federation.state
+
+    def run_round(self, round_idx: int) -> dict[str, Any]:
+        """One round of the loop (benchmarks step through rounds one by one)."""
+        return self.federation.run_round(round_idx)
+
     def finish(self) -> RunResult:
         state = self.federation.state
         save_adapter(self.bench.model, state, self.run_dir.final_dir, self.bench.base.path)
