@@ -198,6 +198,8 @@ def table(results: dict) -> str:
         ("peak RSS", f"{results['peak_rss_mib']:.0f} MiB", "", ""),
         ("adapter swap (set + get)", f"{r['adapter_swap_ms']:.1f} ms", "", ""),
     ]
+    if not r:  # --skip-baselines
+        rows = rows[:5] + rows[-2:-1]
     lines = ["| measure | measured | ratio | goal |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -211,6 +213,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--records", type=int, default=64, help="records per client file")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-baselines", action="store_true",
+                        help="leave out the Trainer-per-client round comparisons (section 2/3)")
     parser.add_argument("--concurrent-micro-batch", type=int, default=2,
                         help="micro-batch of each client in the concurrency measurement (memory: all "
                              "clients' micro-batches share one pass)")
@@ -239,8 +243,10 @@ def main() -> None:
         log.info("concurrency: the round's clients together vs one by one")
         concurrency = bench_concurrency(cfg.override({"micro_batch_size": args.concurrent_micro_batch}),
                                         folder, tmp, args.repeats)
-        log.info("rounds: fedit simulation vs Trainer-per-client")
-        rounds = bench_rounds(cfg, folder, tmp, args.repeats)
+        rounds = {}
+        if not args.skip_baselines:
+            log.info("rounds: fedit simulation vs Trainer-per-client")
+            rounds = bench_rounds(cfg, folder, tmp, args.repeats)
     client_flops = flops_per_token * throughput["fedit_tokens_per_s"]
     results = {"machine": machine(), "model": args.model, "precision": "auto (bf16 autocast where supported)",
                "batch_size": 8, "micro_batch_size": 4, "max_len": 512, "lora": "r=8 all-linear",

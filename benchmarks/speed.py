@@ -61,7 +61,7 @@ def linear_params(model: torch.nn.Module) -> int:
     return total
 
 
-def bench_concurrency(cfg, folder: Path, tmp: Path, repeats: int) -> dict:
+def bench_concurrency(cfg, folder: Path, tmp: Path, repeats: int, bench=None) -> dict:
     """Round time with all clients of the round in shared passes vs one after another, alternating
     on the same resident model (round 1, which tokenizes the clients' data, is not timed)."""
     from fedit.runners.simulation import Simulation
@@ -69,7 +69,7 @@ def bench_concurrency(cfg, folder: Path, tmp: Path, repeats: int) -> dict:
     clients = len(list(folder.iterdir()))
     sim_cfg = cfg.override({"data": str(folder), "partition": "files", "test_data": None,
                             "clients_per_round": clients, "rounds": 1 + 2 * repeats})
-    sim = Simulation(sim_cfg, tmp / "concurrency")
+    sim = Simulation(sim_cfg, tmp / "concurrency", bench=bench)
     sim.setup()
     sim.run_round(1)
     times: dict[int, list[float]] = {1: [], clients: []}
