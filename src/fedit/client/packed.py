@@ -82,8 +82,9 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     parts = zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))
     outs = [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
                                            enable_gqa=gqa) for q, k, v in parts]
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-    return out.transpose(1, 2).contiguous(), None
+    if len(outs) == 1:
+        return outs[0].transpose(1, 2).contiguous(), None
+    return torch.cat([o.transpose(1, 2) for o in outs], dim=1), None  # cat writes [1, N, heads, dim] at once
 
 
 def _register() -> None:
