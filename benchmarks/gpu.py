@@ -130,8 +130,10 @@ def bench_throughput(size: str, device: torch.device, steps: int, peaks: dict) -
               "steps": steps, "tokens": tokens, "flops_per_token": flops_per_token, "kernel": kernel}
 
     def fit(kernel_name):
-        bench.trainer.lora_kernel = kernel_name
-        return lambda: bench.trainer.fit(bench.initial_state, data, train, seed=0, round_idx=0, client_id=0)
+        def go():
+            bench.trainer.lora_kernel = kernel_name
+            bench.trainer.fit(bench.initial_state, data, train, seed=0, round_idx=0, client_id=0)
+        return go
 
     for name, fn in (("fedit", fit(kernel)), ("fedit_peft_kernel", fit("peft")),
                      ("plain_peft", lambda: plain_peft_loop(bench, bench.initial_state, data, plan, train))):
@@ -147,9 +149,6 @@ def bench_throughput(size: str, device: torch.device, steps: int, peaks: dict) -
                         if device.type == "cuda" else None}
         log.info("%s %s: %.0f tok/s", size, name, tps)
     bench.trainer.lora_kernel = kernel
-    del bench
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return result
 
 
@@ -260,8 +259,12 @@ def main() -> None:
 
     sizes = args.sizes.split(",")
     if "throughput" in only:
-        results["sections"]["throughput"] = [bench_throughput(s, device, args.steps, peaks) for s in sizes]
-        save()
+        results["sections"]["throughput"] = []
+        for size in sizes:
+            results["sections"]["throughput"].append(bench_throughput(size, device, args.steps, peaks))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            save()
     if "concurrency" in only:
         results["sections"]["concurrency"] = bench_gpu_concurrency(sizes[0], device, out)
         save()

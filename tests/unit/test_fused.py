@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fedit.client.batching import collate
-from fedit.client.fused import DropoutStreams, fused_engine, micro_batch_losses
+from fedit.client.dropout import DropoutStreams
+from fedit.client.fused import fused_engine, micro_batch_losses
 from fedit.client.job import ClientJob, proximal_correction
 from fedit.client.loss import token_losses
 from fedit.client.multilora import ClientRun, concurrency, train_clients
@@ -138,3 +139,16 @@ def test_default_concurrency_fits_memory_and_flags_are_checked(bench, datas):
         Config().override({"concurrent_clients": 3, "lora_kernel": "peft"})
     with pytest.raises(ConfigError, match="--concurrent-clients: must be at least 1, got 0"):
         Config().override({"concurrent_clients": 0})
+
+
+def test_lora_kernel_fused_refuses_an_unsupported_model_and_auto_falls_back(bench, monkeypatch):
+    from fedit.client import fused
+    from fedit.client.train import resolve_lora_kernel
+
+    assert resolve_lora_kernel("auto", bench.model) == "fused"
+    assert resolve_lora_kernel("peft", bench.model) == "peft"
+    monkeypatch.setattr(fused, "SUPPORTED_MODELS", ("mistral",))
+    assert resolve_lora_kernel("auto", bench.model) == "peft"
+    with pytest.raises(ConfigError, match=r"^--lora-kernel fused: not supported for this model \(model type "
+                                          r"'llama' \(fused LoRA supports mistral\)\); use auto or peft$"):
+        resolve_lora_kernel("fused", bench.model)

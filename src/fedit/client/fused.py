@@ -2,21 +2,18 @@
 
 PEFT computes every adapted projection on its own: ``base(x) + B(A(dropout(x))) * scale``, i.e.
 per decoder layer seven base matmuls, seven dropout masks and fourteen rank-r matmuls. Here,
-while :meth:`FusedLora.active` is on, projections that read the same input (q/k/v, gate/up)
+while :meth:`FusedLora.losses` runs, projections that read the same input (q/k/v, gate/up)
 are computed as one group:
 
     out = x @ [W_q; W_k; W_v]^T + (keep(x) @ [A_q; A_k; A_v]^T) @ blockdiag(s B_q, s B_k, s B_v)^T
 
 one base matmul over the concatenated frozen weights (the modules' own weights become views of
 it, so no memory is added), one dropout mask per input instead of one per projection, one A
-and one B matmul. Each projection still sees an independent-looking Bernoulli(1 - p) mask with
-the same marginal as PEFT's; the masks of projections that share an input are the same mask.
-
-Dropout masks come from one counter-based stream per example (numpy PCG64 seeded with the
-client's seed and the example's position in the client's plan), 2 masks per 64 random bits,
-so they do not depend on how examples are batched: a client trained alone and the same client
-trained in one pass with others (:mod:`fedit.client.multilora`) draw the same masks. Keep
-probability is ``1 - round(p * 2**32) / 2**32`` (p to within 2.4e-10).
+and one B matmul added to the base output in the same pass (addmm). Each projection still sees
+every input element dropped independently with probability p, as with PEFT; projections that
+share an input share the mask. The masks come from :mod:`fedit.client.dropout`: per example,
+independent of batching, so a client trained alone and the same client trained in one pass with
+others (:mod:`fedit.client.multilora`) draw the same masks.
 
 Rows belong to adapter *slots* (one per client trained in the pass): the base matmul runs once
 over all rows, and each slot's contiguous block of rows goes through that slot's own A and B.
@@ -29,11 +26,11 @@ import weakref
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-import numpy as np
 import peft
 import torch
 import torch.nn.functional as F
 
+from fedit.client.dropout import DropoutStreams, DroppedLinear
 from fedit.client.packed import PackedBatch, packed_token_losses, pack
 from fedit.data.prompts import TokenizedExample
 from fedit.model import adapter_parameters, autocast
@@ -94,50 +91,6 @@ def _sites(model: torch.nn.Module) -> list[Site]:
     if not sites:
         raise ValueError("no LoRA layers")
     return sites
-
-
-class DropoutStreams:
-    """Keep-masks for a packed batch: one PCG64 stream per example, drawn in forward order."""
-
-    def __init__(self, seeds: Sequence[int], bounds: Sequence[tuple[int, int]]) -> None:
-        self.bounds = list(bounds)
-        self.streams = [np.random.PCG64(np.random.SeedSequence(list(seed))) for seed in seeds]
-        self.tokens = bounds[-1][1] if bounds else 0
-
-    def drop(self, width: int, p: float) -> torch.Tensor:
-        """A [tokens, width] bool mask of the dropped elements: True with probability p, independently."""
-        threshold = np.uint32(min(round(p * 2 ** 32), 2 ** 32 - 1))
-        out = np.empty((self.tokens, width), dtype=np.bool_)
-        for stream, (start, end) in zip(self.streams, self.bounds):
-            n = (end - start) * width
-            bits = stream.random_raw((n + 1) // 2).view(np.uint32)[:n]
-            np.less(bits, threshold, out=out[start:end].reshape(-1))
-        return torch.from_numpy(out)
-
-
-class _DroppedLinear(torch.autograd.Function):
-    """``x.masked_fill(drop, 0) @ a.T``, the LoRA A matmul of a dropped-out input, saving only the
-    masked input and the bool mask (no float mask, no zero tensors). Under autocast it computes in
-    the autocast dtype, as ``F.linear`` would."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, drop: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        kind = x.device.type
-        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else a.dtype
-        ctx.dtypes = (x.dtype, a.dtype)
-        with torch.autocast(kind, enabled=False):
-            xm = x.to(dtype).masked_fill(drop, 0.0)
-            ac = a.to(dtype)
-            ctx.save_for_backward(xm, drop, ac)
-            return xm @ ac.t()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        xm, drop, ac = ctx.saved_tensors
-        grad = grad.to(xm.dtype)
-        grad_x = (grad @ ac).masked_fill_(drop, 0.0).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        grad_a = (grad.t() @ xm).to(ctx.dtypes[1]) if ctx.needs_input_grad[2] else None
-        return grad_x, None, grad_a
 
 
 class _Pass:
@@ -206,7 +159,7 @@ class Group:
             a = torch.cat([w[s.key_a] for s in self.sites]) if len(self.sites) > 1 else w[self.sites[0].key_a]
             bs = [w[s.key_b] * (s.scaling * scale) for s in self.sites]
             b = torch.block_diag(*bs) if len(bs) > 1 else bs[0]
-            h = F.linear(rows, a) if mask is None else _DroppedLinear.apply(rows, mask, a)
+            h = F.linear(rows, a) if mask is None else DroppedLinear.apply(rows, mask, a)
             parts.append(torch.addmm(base, h.to(base.dtype), b.t().to(base.dtype)))  # base + LoRA, one pass
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
         if len(self.sites) == 1:

@@ -72,7 +72,7 @@ class LocalTrainer:
         ``corrections`` add a method's term to the gradients of every step before clipping
         (FedProx's proximal term, SCAFFOLD's control variates; see fedit.client.job).
         """
-        if self.lora_kernel == "fused" and self._fused_usable():
+        if self.lora_kernel == "fused" and self._fused_usable(global_state):
             return self._fit_fused(global_state, examples, cfg, seed=seed, round_idx=round_idx,
                                    client_id=client_id, corrections=corrections, on_step=on_step)
         start = time.perf_counter()
@@ -108,12 +108,17 @@ class LocalTrainer:
         }
         return ClientUpdate(client_id, state, len(examples), metrics)
 
-    def _fused_usable(self) -> bool:
+    def _fused_usable(self, global_state: AdapterState) -> bool:
+        """The fused kernel trains full adapters of supported models; anything else runs on peft."""
         from fedit.client.fused import why_unsupported
 
         reason = why_unsupported(self.model)
-        if reason is not None:
-            logger.warning("fused LoRA kernel not usable now (%s): this update runs on peft", reason)
+        if reason is None and set(global_state) != set(adapter_parameters(self.model)):
+            reason = "the job's adapter has other keys than the model's"
+        warned = self.__dict__.setdefault("_warned", set())
+        if reason is not None and reason not in warned:
+            warned.add(reason)
+            logger.warning("fused LoRA kernel not usable (%s): such updates run on peft", reason)
         return reason is None
 
     def _fit_fused(self, global_state: AdapterState, examples: Sequence[TokenizedExample], cfg: TrainConfig,
