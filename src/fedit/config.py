@@ -49,6 +49,7 @@ ADAPTIVE_STRATEGIES = ("fedadam", "fedyogi", "fedadagrad")
 def default_server_lr(strategy: str) -> float:
     """--server-lr when it is not given: 1e-3 for the adaptive optimizers, else 1.0."""
     return ADAPTIVE_SERVER_LR if strategy in ADAPTIVE_STRATEGIES else 1.0
+LORA_KERNELS = ("auto", "fused", "peft")
 
 
 def flag(name: str) -> str:
@@ -214,6 +215,10 @@ class TrainConfig(_Section):
     warmup_steps: int = _opt(0, "linear warmup length in schedule steps (see --lr-schedule-unit)")
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass: less memory "
                                         "for longer sequences or bigger models, about a third more compute")
+    lora_kernel: str = _opt("auto", "LoRA compute of local training: fused (packed sequences, projections "
+                            "sharing an input in one matmul, one dropout mask per shared input; see "
+                            "docs/performance.md), peft (PEFT's own layers), auto (fused where supported)",
+                            LORA_KERNELS)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -255,6 +260,10 @@ class FederationConfig(_Section):
     keep_checkpoints: int = _opt(2, "how many round checkpoints to keep (the newest)")
     logger: str = _opt("auto", "experiment tracker fed with every metric (auto: tensorboard when installed, "
                        "else none)", LOGGERS)
+    concurrent_clients: int | None = _opt(None, "simulation: clients of a round trained at once in one pass "
+                                          "over the shared base (multi-LoRA, needs the fused LoRA kernel); "
+                                          "default: all clients of the round as far as memory allows; "
+                                          "1: one after another")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -276,6 +285,8 @@ class FederationConfig(_Section):
         _require(self.eval_batch_size >= 1, "eval_batch_size", f"must be at least 1, got {self.eval_batch_size}")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints",
                  f"must be at least 1, got {self.keep_checkpoints}")
+        _require(self.concurrent_clients is None or self.concurrent_clients >= 1, "concurrent_clients",
+                 f"must be at least 1, got {self.concurrent_clients}")
 
     @property
     def effective_server_lr(self) -> float:
@@ -459,6 +470,8 @@ class Config:
     communication: CommunicationConfig = field(default_factory=CommunicationConfig)
 
     def __post_init__(self) -> None:
+        _require(self.federation.concurrent_clients in (None, 1) or self.train.lora_kernel != "peft",
+                 "concurrent_clients", "training clients at once needs --lora-kernel fused (or auto)")
         if not partition_from_data(self.data.partition) and self.federation.clients_per_round is not None \
                 and self.federation.fraction is None:
             self.federation.clients_to_sample(self.data.num_clients)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from fedit.cli import main
 from fedit.runners import simulation
-from fedit.runners.checkpoint import latest_checkpoint
+from fedit.runners.checkpoint import client_metrics, latest_checkpoint
 
 
 def run_args(fixtures_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -71,16 +71,39 @@ def test_resume_after_crash_gives_identical_adapter(full_run, fixtures_dir, tmp_
             calls["n"] += 1
         return original(self, job)
 
+    # the round's clients are trained together by default (multi-LoRA): crash there too
+    together = simulation.InProcessClients.train_together
+
+    def crash_together_in_round_2(self, jobs):
+        if jobs[0].round == 2:
+            raise KeyboardInterrupt
+        return together(self, jobs)
+
     monkeypatch.setattr(simulation.InProcessClients, "train_client", crash_in_round_2)
+    monkeypatch.setattr(simulation.InProcessClients, "train_together", crash_together_in_round_2)
     assert main(run_args(fixtures_dir, out, "--rounds", "3")) == 130
     assert not (out / "final").exists() and (out / "checkpoints" / "round_0001").is_dir()
     monkeypatch.setattr(simulation.InProcessClients, "train_client", original)
+    monkeypatch.setattr(simulation.InProcessClients, "train_together", together)
     assert main(["run", "--out", str(out), "--resume"]) == 0
     a, b = final_state(full_run), final_state(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rounds = [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["type"] == "round"]
     assert rounds == [0, 1, 2, 3]
+
+
+def test_clients_trained_one_after_another_give_the_same_adapter(full_run, fixtures_dir, tmp_path):
+    """--concurrent-clients 1 (sequential) vs the default (the round's clients in shared passes):
+    the same run up to float rounding; client records say how many clients trained together."""
+    out = tmp_path / "sequential"
+    assert main(run_args(fixtures_dir, out, "--rounds", "3", "--concurrent-clients", "1")) == 0
+    a, b = final_state(full_run), final_state(out)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+    together = [json.loads(x) for x in (full_run / "metrics.jsonl").read_text().splitlines()]
+    alone = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {client_metrics(r)["trained_together"] for r in together if r["type"] == "client"} == {2}
+    assert {client_metrics(r)["trained_together"] for r in alone if r["type"] == "client"} == {1}
 
 
 def test_resume_refuses_changed_settings(full_run, capsys):

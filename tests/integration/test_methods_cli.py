@@ -38,20 +38,18 @@ def test_resume_after_crash_is_bit_identical(strategy, fixtures_dir, tmp_path, m
     assert main(run_args(fixtures_dir, full, strategy)) == 0
 
     out = tmp_path / "crashed"
-    original = simulation.InProcessClients.train_client
-    calls = {"n": 0}
+    original = simulation.InProcessClients.train
 
-    def crash_in_round_2(self, job):   # after the first client of round 2 has trained
-        if job.round == 2 and calls["n"] == 1:
+    def crash_in_round_2(self, jobs):  # round 2's clients train (their in-memory state changes), then
+        replies = original(self, jobs)  # the run dies before the round is aggregated and checkpointed
+        if jobs and jobs[0].round == 2:
             raise KeyboardInterrupt
-        if job.round == 2:
-            calls["n"] += 1
-        return original(self, job)
+        return replies
 
-    monkeypatch.setattr(simulation.InProcessClients, "train_client", crash_in_round_2)
+    monkeypatch.setattr(simulation.InProcessClients, "train", crash_in_round_2)
     assert main(run_args(fixtures_dir, out, strategy)) == 130
     assert not (out / "final").exists() and (out / "checkpoints" / "round_0001").is_dir()
-    monkeypatch.setattr(simulation.InProcessClients, "train_client", original)
+    monkeypatch.setattr(simulation.InProcessClients, "train", original)
     assert main(["run", "--out", str(out), "--resume"]) == 0
 
     a, b = final_state(full), final_state(out)

@@ -21,7 +21,9 @@ from fedit.client.job import ClientUpdate, Correction
 from fedit.client.loss import token_losses
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
-from fedit.model import AdapterState, autocast, client_adapter, get_adapter_state
+from fedit.errors import ConfigError
+from fedit.model import AdapterState, adapter_parameters, autocast, client_adapter, get_adapter_state, \
+    set_adapter_state
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,21 @@ class StepInfo:
     seconds: float = 0.0
 
 
+def resolve_lora_kernel(spec: str, model: torch.nn.Module) -> str:
+    """``--lora-kernel auto|fused|peft`` -> ``fused`` or ``peft`` for this model."""
+    if spec == "peft":
+        return "peft"
+    from fedit.client.fused import why_unsupported
+
+    reason = why_unsupported(model)
+    if reason is None:
+        return "fused"
+    if spec == "fused":
+        raise ConfigError(f"--lora-kernel fused: not supported for this model ({reason}); use auto or peft")
+    logger.info("LoRA kernel: peft (fused not supported: %s)", reason)
+    return "peft"
+
+
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
     """A 63-bit seed that depends only on (seed, round, client)."""
     return int(np.random.SeedSequence([seed, round_idx, client_id]).generate_state(2, np.uint64)[0] >> 1)
@@ -52,16 +69,22 @@ class LocalTrainer:
     ``initial_state``: the global adapter's seeded initialisation (default: the model's adapter
     now), the value of every entry a job does not carry (A under ffa; see
     fedit.model.client_adapters).
+
+    ``lora_kernel`` (``--lora-kernel``): ``peft`` runs PEFT's own layers on padded micro-batches;
+    ``fused`` runs :func:`fedit.client.multilora.train_clients` (packed sequences, fused LoRA);
+    ``auto`` picks ``fused`` where it supports the model. See docs/performance.md.
     """
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device,
-                 autocast_dtype: torch.dtype | None, pad_id: int, initial_state: AdapterState | None = None) -> None:
+                 autocast_dtype: torch.dtype | None, pad_id: int, initial_state: AdapterState | None = None,
+                 lora_kernel: str = "peft") -> None:
         self.model = model
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.pad_id = pad_id
         self.initial_state = get_adapter_state(model) if initial_state is None else initial_state
         self.last_step = StepInfo()
+        self.lora_kernel = resolve_lora_kernel(lora_kernel, model)
 
     def fit(self, global_state: AdapterState, examples: Sequence[TokenizedExample], cfg: TrainConfig,
             *, seed: int, round_idx: int, client_id: int, corrections: Sequence[Correction] = (),
@@ -75,6 +98,10 @@ class LocalTrainer:
         (FedProx's proximal term, SCAFFOLD's control variates; see fedit.client.job).
         ``lr_at_step`` sets the learning rate of every step (a per-step schedule); else ``cfg.lr``.
         """
+        if self.lora_kernel == "fused" and self.fused_usable(global_state, lora):
+            return self._fit_fused(global_state, examples, cfg, seed=seed, round_idx=round_idx,
+                                   client_id=client_id, corrections=corrections, on_step=on_step,
+                                   lr_at_step=lr_at_step)
         start = time.perf_counter()
         with client_adapter(self.model, lora, global_state, self.initial_state) as named:
             return self._fit(named, examples, cfg, seed=seed, round_idx=round_idx, client_id=client_id,
@@ -116,8 +143,36 @@ class LocalTrainer:
             "seconds": time.perf_counter() - start,
             "compute_seconds": stats["compute_s"],
             "lr": self.last_step.lr if plan else cfg.lr,   # of the last step (schedules change it)
+            "trained_together": 1,
         }
         return ClientUpdate(client_id, state, len(examples), metrics)
+
+    def fused_usable(self, global_state: AdapterState, lora: tuple[int | None, str] | None = None) -> bool:
+        """The fused kernel trains the full global adapter of supported models; anything else
+        (a client's own rank or targets, ffa's B-only jobs) runs on peft, said once per reason."""
+        from fedit.client.fused import why_unsupported
+
+        reason = why_unsupported(self.model)
+        if reason is None and lora is not None:
+            reason = "the client trains its own LoRA rank or targets"
+        if reason is None and set(global_state) != set(adapter_parameters(self.model)):
+            reason = "the job's adapter has other keys than the model's (e.g. ffa trains B only)"
+        warned = self.__dict__.setdefault("_warned", set())
+        if reason is not None and reason not in warned:
+            warned.add(reason)
+            logger.info("fused LoRA kernel not usable (%s): such updates run on peft", reason)
+        return reason is None
+
+    def _fit_fused(self, global_state: AdapterState, examples: Sequence[TokenizedExample], cfg: TrainConfig,
+                   *, seed: int, round_idx: int, client_id: int, corrections: Sequence[Correction],
+                   on_step: StepCallback | None, lr_at_step: LrAtStep | None) -> ClientUpdate:
+        """The fused local update: the one-client case of multi-LoRA training (same code path)."""
+        from fedit.client.multilora import ClientRun, train_clients
+
+        run = ClientRun(client_id, round_idx, global_state, examples, cfg, corrections, on_step, lr_at_step)
+        update = train_clients(self, [run], seed=seed)[0]
+        set_adapter_state(self.model, update.state)  # the model holds the client's adapter, as with peft
+        return update
 
     def _step(self, step: list[list[int]], examples: Sequence[TokenizedExample], optimizer,
               cfg: TrainConfig, named: dict[str, torch.nn.Parameter], corrections: Sequence[Correction],

@@ -64,7 +64,8 @@ def build_workbench(cfg: Config) -> Workbench:
         enable_gradient_checkpointing(base.model)
     initial = get_adapter_state(model)
     trainer = LocalTrainer(model, device=base.device, autocast_dtype=base.autocast_dtype,
-                           pad_id=base.tokenizer.pad_token_id, initial_state=initial)
+                           pad_id=base.tokenizer.pad_token_id, initial_state=initial,
+                           lora_kernel=cfg.train.lora_kernel)
     return Workbench(base, model, trainer, initial)
 
 

@@ -1,4 +1,5 @@
-"""In-process simulation: one resident base model, clients trained one after another.
+"""In-process simulation: one resident base model; clients trained one after another, or several
+at once in shared passes over the base (``--concurrent-clients``, :mod:`fedit.client.multilora`).
 
 A thin runner: the round loop is :class:`fedit.runners.federation.Federation`; this module
 only supplies its transport, :class:`InProcessClients`, which hands each job to
@@ -19,6 +20,7 @@ from typing import Any, Callable, Sequence
 from fedit.attacks import AttackPlan, plan_attack, trigger_success
 from fedit.client.batching import num_steps
 from fedit.client.job import ClientJob, ClientState, ClientUpdate, job_train_config, run_job
+from fedit.client.multilora import can_train_together, concurrency, run_jobs
 from fedit.config import Config
 from fedit.data import Example, write_partition_stats
 from fedit.data.prompts import TokenizedExample
@@ -68,28 +70,62 @@ class InProcessClients:
     def train(self, jobs: Sequence[ClientJob]) -> list[Reply]:
         replies: list[Reply] = []
         round_idx = jobs[0].round if jobs else 0
+        width = concurrency(self.bench.trainer, self.cfg, [self.client_data(j.client_id) for j in jobs])
         with self.progress.task(f"round {round_idx} clients", len(jobs)) as bar:
-            for job in jobs:
-                replies.append(self.train_client(job))
-                bar.advance(**({"loss": replies[-1].metrics["train_loss"]}
-                               if isinstance(replies[-1], ClientUpdate) else {}))
+            for start in range(0, len(jobs), width):
+                chunk = [self.attacked(job) for job in jobs[start:start + width]]
+                if len(chunk) > 1 and all(self.client_data(j.client_id) for j in chunk) \
+                        and can_train_together(self.bench.trainer, chunk):
+                    replies.extend(self.train_together(chunk))
+                    bar.advance(len(chunk), loss=replies[-1].metrics["train_loss"])
+                    continue
+                for job in chunk:
+                    replies.append(self.train_client(job))
+                    bar.advance(**({"loss": replies[-1].metrics["train_loss"]}
+                                   if isinstance(replies[-1], ClientUpdate) else {}))
         return replies
+
+    def attacked(self, job: ClientJob) -> ClientJob:
+        """The job as a simulated attacker runs it (its attack's training settings), else as is."""
+        if self.attack is not None and job.client_id in self.attack.attackers and self.attack.job_config():
+            return dataclasses.replace(job, config={**job.config, **self.attack.job_config()})
+        return job
+
+    def log_step(self) -> None:
+        if self.run_dir is not None:
+            info = self.bench.trainer.last_step
+            self.run_dir.log_step(info.loss, info.lr, info.input_tokens, info.seconds)
+
+    def train_together(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate]:
+        """Several clients in shared passes over the resident base (fedit.client.multilora)."""
+        datas = [self.client_data(job.client_id) for job in jobs]
+        total = sum(num_steps(len(d), t.batch_size, t.local_epochs, t.local_steps)
+                    for d, t in ((d, job_train_config(self.cfg.train, j.config)) for d, j in zip(datas, jobs)))
+        ids = ",".join(str(job.client_id) for job in jobs)
+
+        with self.progress.task(f"clients {ids} steps (together)", total) as bar:
+            def on_step(client_id: int, step: int, total: int, loss: float) -> None:
+                bar.advance(loss=loss)
+                self.log_step()
+
+            results = run_jobs(self.bench.trainer, jobs, datas, self.cfg.train, seed=self.cfg.federation.seed,
+                               client_states=self.client_states, on_step=on_step)
+        for job, (update, state) in zip(jobs, results):
+            if state:
+                self.client_states[job.client_id] = state
+        return [update for update, _ in results]
 
     def train_client(self, job: ClientJob) -> Reply:
         data = self.client_data(job.client_id)
         if not data:  # every record was skipped by tokenization (--max-len)
             return ClientFailure(job.client_id, no_examples_reason(job.client_id, len(self.clients[job.client_id]),
                                                                    self.cfg.data.max_len))
-        if self.attack is not None and job.client_id in self.attack.attackers and self.attack.job_config():
-            job = dataclasses.replace(job, config={**job.config, **self.attack.job_config()})
         train = job_train_config(self.cfg.train, job.config)
         total = num_steps(len(data), train.batch_size, train.local_epochs, train.local_steps)
         with self.progress.task(f"client {job.client_id} steps", total) as bar:
             def on_step(step: int, total: int, loss: float) -> None:
                 bar.advance(loss=loss)
-                if self.run_dir is not None:
-                    info = self.bench.trainer.last_step
-                    self.run_dir.log_step(info.loss, info.lr, info.input_tokens, info.seconds)
+                self.log_step()
 
             update, state = run_job(self.bench.trainer, job, data, self.cfg.train, seed=self.cfg.federation.seed,
                                     client_state=self.client_states.get(job.client_id), on_step=on_step)
@@ -154,6 +190,15 @@ class Simulation:
                                      progress=self.progress,
                                      known_examples={cid: len(c) for cid, c in enumerate(self.clients)})
         self.federation.start(self.bench.initial_state, ckpt)
+
+    @property
+    def state(self) -> AdapterState:
+        """The current global adapter."""
+        return self.federation.state
+
+    def run_round(self, round_idx: int) -> dict[str, Any]:
+        """One round of the loop (benchmarks step through rounds one by one)."""
+        return self.federation.run_round(round_idx)
 
     def finish(self) -> RunResult:
         state = self.federation.state

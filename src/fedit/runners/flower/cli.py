@@ -31,6 +31,7 @@ Run fedit on Flower: a SuperLink (server) and one SuperNode per data owner (see 
 
   local          SuperLink + one SuperNode per --node-data file on loopback, run, stop all
   stop           stop what a killed deploy local left running on --out
+  simulate       the same Flower apps under Flower's Simulation Engine (Ray): virtual nodes
   superlink      start a SuperLink (TLS, SuperNode authentication) in the foreground
   supernode      start a SuperNode serving one data file (--data)
   keygen         make a SuperNode key pair (EC P-384, OpenSSH format)
@@ -49,6 +50,7 @@ def add_parser(subparsers, add_config_flags, config_from_args) -> None:
     sub = deploy.add_subparsers(dest="deploy_command", required=True, parser_class=type(deploy))
     _local(sub, add_config_flags, config_from_args)
     _stop(sub)
+    _simulate(sub, add_config_flags, config_from_args)
     _superlink(sub)
     _supernode(sub)
     _keygen(sub)
@@ -157,6 +159,33 @@ def _stop(sub) -> None:
         stopped = stop_leftovers(registry)
         logger.info("stopped %d leftover process(es)", len(stopped))
         print(json.dumps({"owner_stopped": owner, "stopped": stopped}))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _simulate(sub, add_config_flags, config_from_args) -> None:
+    p = sub.add_parser("simulate", help="the Flower app under Flower's Simulation Engine (Ray): virtual "
+                                        "SuperNodes, CPUs/GPUs per client")
+    _add_server_flags(p, add_config_flags)
+    p.add_argument("--num-supernodes", type=int, required=True,
+                   help="virtual SuperNodes; node i trains client i of the run's partition of --data")
+    p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per ClientApp (Ray resource; default 1)")
+    p.add_argument("--client-gpus", type=float, default=0.0,
+                   help="GPUs per ClientApp (e.g. 1: one client per GPU at a time; 0.5: two; default 0)")
+    p.add_argument("--work-dir", type=Path, help="Flower state and process logs (default: OUT.flower)")
+    add_config_flags(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from fedit.runners.flower.simulation_engine import EngineOptions, simulate
+
+        cfg = config_from_args(args)
+        opts = EngineOptions(supernodes=args.num_supernodes, client_cpus=args.client_cpus,
+                             client_gpus=args.client_gpus, deploy=_deploy(args), resume=args.resume,
+                             work_dir=args.work_dir)
+        result = simulate(cfg, Path(args.out), opts, echo=_echo)
+        print(json.dumps({"run_dir": str(result.run_dir), "final_adapter": str(result.run_dir / "final"),
+                          "work_dir": str(result.work_dir)}))
         return 0
 
     p.set_defaults(func=run)

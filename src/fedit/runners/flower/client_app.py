@@ -7,6 +7,12 @@ the message carries (client index, round, client config): the same update the in
 simulation computes for that client. What a client keeps between rounds (its client state)
 lives in the node's ``context.state``, which Flower keeps on the node for the whole run.
 
+Under Flower's Simulation Engine (``flwr run`` on a SuperLink started with ``--simulation``,
+docs/flower.md) the nodes are virtual: their node config holds ``partition-id`` instead of a
+``data-path``, and node *i* trains client *i* of the run's own partition of ``--data``, exactly
+the records ``fedit run`` gives client *i* (any ``--partition``). Such a ClientApp runs in a
+long-lived Ray actor, so the partition and the resident model are kept between its messages.
+
 A user error on the node (missing or malformed data file, bad config) is answered with a
 one-line error reply, which the server logs and drops; it never crashes the round.
 """
@@ -33,8 +39,39 @@ app = ClientApp(mods=[secure_aggregation_mod])  # SecAgg+ messages only (--secur
 STATE_PREFIX = "fedit.client-state."  # + name: one ArrayRecord per entry of the client state
 
 
+PARTITION_ID_KEY = "partition-id"  # what Flower's Simulation Engine puts in each virtual node's config
+_CACHE: dict[str, Any] = {}       # simulation (one Ray actor, many messages): partitions and model
+
+
+def simulated(node_config: dict[str, Any]) -> bool:
+    """A virtual node of Flower's Simulation Engine (no data file, a partition id)."""
+    return not node_config.get(DATA_PATH_KEY) and isinstance(node_config.get(PARTITION_ID_KEY), int)
+
+
+def _cached(key: str, build):
+    if key not in _CACHE:
+        if len(_CACHE) > 4:
+            _CACHE.clear()
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def simulated_records(cfg: Config, client_id: int) -> list[Example]:
+    """Client ``client_id``'s records of the run's partition of ``--data`` (as ``fedit run``)."""
+    from fedit.config import dump_config
+    from fedit.runners.common import load_clients  # imports torch
+
+    clients = _cached("clients:" + dump_config(cfg), lambda: load_clients(cfg))
+    if not 0 <= client_id < len(clients):
+        raise ConfigError(f"partition-id {client_id}: the run's --data has {len(clients)} clients; set "
+                          f"num-supernodes to at most {len(clients)}")
+    return clients[client_id]
+
+
 def node_client_index(node_config: dict[str, Any]) -> int | None:
-    """The client index the node config pins (``client-index``), if any."""
+    """The client index the node config pins (``client-index``, or a simulated node's partition id)."""
+    if simulated(node_config):
+        return int(node_config[PARTITION_ID_KEY])
     value = node_config.get(CLIENT_INDEX_KEY)
     if value is None or value == "":
         return None
@@ -93,6 +130,8 @@ def node_records(node_config: dict[str, Any], columns: str | None = None) -> lis
 
 def node_examples(node_config: dict[str, Any], cfg: Config, client_id: int) -> list[Example]:
     """The records this node trains on as client ``client_id``: subsampled as the simulation does."""
+    if simulated(node_config):
+        return simulated_records(cfg, client_id)
     from fedit.runners.common import client_subsample  # imports torch: only when training
 
     return client_subsample(node_records(node_config, cfg.data.columns), cfg, client_id)
@@ -116,8 +155,11 @@ def query(msg: Message, context: Context) -> Message:
         cfg = config_from_run(context.run_config)
         rank, targets = node_lora(context.node_config, cfg)
         answer[LORA_RANK_KEY], answer[LORA_TARGETS_KEY] = rank or 0, targets or ""
-        limit = cfg.data.max_client_records
-        answer["num-examples"] = min(len(node_records(context.node_config, cfg.data.columns)), limit or 1 << 62)
+        if simulated(context.node_config):
+            answer["num-examples"] = len(simulated_records(cfg, index))
+        else:
+            limit = cfg.data.max_client_records
+            answer["num-examples"] = min(len(node_records(context.node_config, cfg.data.columns)), limit or 1 << 62)
     except (FeditError, OSError, ValueError) as exc:
         answer["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     return Message(RecordDict({CONFIG: ConfigRecord(answer)}), reply_to=msg)
@@ -154,7 +196,12 @@ def train(msg: Message, context: Context) -> Message:
         from fedit.client.job import run_job  # torch, transformers, peft: ~7 s cold
         from fedit.runners.common import build_workbench, no_examples_reason
 
-        bench = build_workbench(cfg)
+        if simulated(context.node_config):  # a long-lived Ray actor: keep the resident model
+            from fedit.config import dump_config
+
+            bench = _cached("bench:" + dump_config(cfg), lambda: build_workbench(cfg))
+        else:
+            bench = build_workbench(cfg)
         data = bench.tokenize(examples, cfg.data)
         if not data:  # every record skipped by tokenization: an update would be untrained
             raise DataError(no_examples_reason(job.client_id, len(examples), cfg.data.max_len))
