@@ -23,9 +23,9 @@ from typing import Callable
 from fedit.config import Config, DeployConfig
 from fedit.errors import FeditError
 from fedit.runners.flower import appdir, launch
-from fedit.runners.flower.local import HOST, LocalFederation, LocalOptions, LocalResult, default_work_dir
-from fedit.runners.flower.processes import ProcessGroup, flower_env, free_port, wait_for_port
-from fedit.runners.flower.wire import run_config_values
+from fedit.runners.flower.local import HOST, LocalFederation, LocalOptions, LocalResult, default_work_dir, registry_file
+from fedit.runners.flower.processes import ProcessGroup, flower_env, free_port, stop_leftovers, wait_for_port
+from fedit.runners.flower.wire import check_deployable, run_config_values
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +55,14 @@ class EngineFederation(LocalFederation):
         self.cfg, self.out = cfg, Path(out).resolve()
         self.opts = LocalOptions(node_data=[], deploy=opts.deploy, resume=opts.resume, work_dir=opts.work_dir)
         self.work = Path(opts.work_dir or default_work_dir(self.out)).resolve()
-        self.env = flower_env(self.work / "flwr-home")
-        self.env.setdefault("OMP_NUM_THREADS", str(max(1, int(opts.client_cpus))))  # threads per Ray actor
-        self.group = ProcessGroup()
+        self.group = ProcessGroup(registry_file(self.work))
         self.echo = echo or (lambda line: logger.info("%s", line))
 
     def _check(self) -> None:
+        from fedit.server.build import check_methods
+
+        check_methods(self.cfg)
+        check_deployable(self.cfg)
         n = self.engine.supernodes
         if n < 1:
             raise FeditError(f"--num-supernodes {n}: must be at least 1")
@@ -75,6 +77,14 @@ class EngineFederation(LocalFederation):
             raise FeditError(f"--out: {self.out} exists and is not empty; pass --resume to continue the run "
                              "in it or choose another --out")
         self.work.mkdir(parents=True, exist_ok=True)
+
+    def _prepare(self) -> None:
+        """The work folder and environment (--client-cpus threads per Ray actor); processes an
+        earlier, killed run left are stopped."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        stop_leftovers(registry_file(self.work))
+        self.env = flower_env(self.work / "flwr-home")
+        self.env.setdefault("OMP_NUM_THREADS", str(max(1, int(self.engine.client_cpus))))
 
     def _start_link(self) -> None:
         self.port = free_port(HOST)
