@@ -34,10 +34,12 @@ SYSTEMS: dict[str, dict[str, Any]] = {
 }
 
 
-def measure(runs: Runs) -> dict[str, Any]:
+def measure(runs: Runs, only: list[str] | None = None) -> dict[str, Any]:
     known = field_sections()
     out: dict[str, Any] = {"systems": {}, "skipped": {}}
     for name, overrides in SYSTEMS.items():
+        if only is not None and name not in only:
+            continue
         missing = [k for k in overrides if k not in known]
         if missing:
             out["skipped"][name] = f"this fedit has no --{missing[0].replace('_', '-')}"
@@ -85,11 +87,15 @@ def main() -> None:
     parser.add_argument("--config", default="cpu-demo", help="preset or YAML of the runs (default cpu-demo)")
     parser.add_argument("--rounds", type=int, default=None, help="override the preset's rounds")
     parser.add_argument("--smoke", action="store_true", help="tiny-random on the test fixtures (checks the script)")
+    parser.add_argument("--only", default=None, help=f"comma list of systems (default: all of {', '.join(SYSTEMS)})")
     args = parser.parse_args()
+    only = None if args.only is None else [name.strip() for name in args.only.split(",")]
+    if only is not None and not set(only) <= set(SYSTEMS):
+        parser.error(f"--only: unknown systems {sorted(set(only) - set(SYSTEMS))}; choose from {', '.join(SYSTEMS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("fedit").setLevel(logging.WARNING)
     base = base_config(args.config, args.smoke, {"rounds": args.rounds} if args.rounds else {})
-    res = measure(Runs(base, args.out))
+    res = measure(Runs(base, args.out), only)
     res.update(machine=machine(), config=base.to_dict())
     write(args.out, "communication", res, table(res))
     plot(res, args.out / "communication.png")
