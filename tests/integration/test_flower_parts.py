@@ -208,6 +208,35 @@ def test_leftovers_are_stopped_only_when_proved_ours(tmp_path: Path) -> None:
             proc.wait()
 
 
+def test_a_process_caught_in_its_exec_is_recorded_with_its_real_command_line(tmp_path: Path, monkeypatch) -> None:
+    """Regression (CI under load): right after its start a process can show an empty command
+    line (its exec not done); a registry that recorded [] never matched it again, and `fedit
+    deploy stop` left that SuperLink running."""
+    import json
+
+    import psutil
+
+    from fedit.runners.flower.processes import ProcessGroup, stop_leftovers
+
+    real, calls = psutil.Process.cmdline, {"n": 0}
+
+    def mid_exec(self):
+        calls["n"] += 1
+        return [] if calls["n"] <= 2 else real(self)
+
+    proc = _sleeper()
+    try:
+        monkeypatch.setattr(psutil.Process, "cmdline", mid_exec)
+        registry = tmp_path / "pids.json"
+        ProcessGroup(registry).adopt("superlink", proc)
+        monkeypatch.undo()
+        assert json.loads(registry.read_text())["processes"][0]["cmdline"] == real(psutil.Process(proc.pid))
+        assert stop_leftovers(registry) == [proc.pid] and proc.wait(10) is not None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_next_deploy_local_stops_what_a_killed_one_left(tmp_path: Path) -> None:
     from fedit.runners.flower.local import LocalFederation, LocalOptions, registry_file
     from fedit.runners.flower.processes import ProcessGroup

@@ -98,12 +98,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def identity(pid: int) -> dict[str, Any] | None:
-    """What proves a process is the one recorded: PID, create time and command line."""
+def identity(pid: int, timeout: float = 5.0) -> dict[str, Any] | None:
+    """What proves a process is the one recorded: PID, create time and command line. A process
+    caught in the middle of its exec (just started, on a loaded machine) shows an empty command
+    line for a moment; that is read again until the exec is done (up to ``timeout`` s), else the
+    record would never match the process again and ``deploy stop`` could not stop it."""
+    deadline = time.monotonic() + timeout
     try:
         proc = psutil.Process(pid)
-        with proc.oneshot():
-            return {"pid": pid, "create_time": proc.create_time(), "cmdline": proc.cmdline()}
+        while True:
+            with proc.oneshot():
+                found = {"pid": pid, "create_time": proc.create_time(), "cmdline": proc.cmdline(),
+                         "zombie": proc.status() == psutil.STATUS_ZOMBIE}
+            if found["cmdline"] or found["zombie"] or time.monotonic() >= deadline:
+                del found["zombie"]
+                return found
+            time.sleep(0.01)
     except psutil.Error:
         return None
 
