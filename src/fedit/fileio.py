@@ -28,12 +28,16 @@ _TEMP_NAMES = (
 )
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it to ``path``."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object], *,
+                 private: bool = False) -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it to ``path``.
+    The file's mode follows the umask (0666 & ~umask), or is 0600 from its creation on when
+    ``private`` (a key: never readable by others, not even for a moment)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "xb") as handle:  # open() keeps the umask for the final file's mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+        with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

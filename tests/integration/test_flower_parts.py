@@ -108,12 +108,11 @@ def test_node_keys_are_created_private(tmp_path: Path, monkeypatch: pytest.Monke
     import os
     import stat
 
-    from fedit.runners.flower import security
 
     def no_chmod(*args, **kwargs):
         raise AssertionError("a key file was created with the wrong mode and fixed afterwards")
 
-    monkeypatch.setattr(security.os, "chmod", no_chmod)
+    monkeypatch.setattr(os, "chmod", no_chmod)   # the os module every writer uses
     old = os.umask(0o022)
     try:
         private, public = make_node_key(tmp_path / "node")
