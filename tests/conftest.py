@@ -75,3 +75,32 @@ def tiny_bench(fedit_cache: Path):
 
     cfg = Config().override({"model": "tiny-random", "precision": "fp32", "device": "cpu"})
     return build_workbench(cfg)
+
+
+@pytest.fixture
+def crash_after_round(monkeypatch: pytest.MonkeyPatch):
+    """``with crash_after_round(n): ...``: in the simulation, round n's clients train (their
+    in-memory state changes: SCAFFOLD variates, error feedback...), then the run dies with
+    KeyboardInterrupt before the round is aggregated and checkpointed; both ways of training a
+    round (clients together or one by one) go through it. Leaving the block restores training."""
+    from contextlib import contextmanager
+
+    from fedit.runners import simulation
+
+    original = simulation.InProcessClients.train
+
+    @contextmanager
+    def crashing(round_idx: int):
+        def train(self, jobs):
+            replies = original(self, jobs)
+            if jobs and jobs[0].round == round_idx:
+                raise KeyboardInterrupt
+            return replies
+
+        monkeypatch.setattr(simulation.InProcessClients, "train", train)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(simulation.InProcessClients, "train", original)
+
+    return crashing

@@ -108,7 +108,6 @@ def test_node_keys_are_created_private(tmp_path: Path, monkeypatch: pytest.Monke
     import os
     import stat
 
-
     def no_chmod(*args, **kwargs):
         raise AssertionError("a key file was created with the wrong mode and fixed afterwards")
 

@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from fedit.cli import main
-from fedit.runners import simulation
 
 
 def run_args(fixtures_dir: Path, out: Path, strategy: str) -> list[str]:
@@ -33,23 +32,14 @@ def rounds(out: Path) -> list[dict]:
 # fedadam is marked slow: its state round trip is also unit-tested (tests/unit/test_fedopt.py); scaffold is
 # not: the clients' variates travel through the transport's checkpoint only here.
 @pytest.mark.parametrize("strategy", [pytest.param("fedadam", marks=pytest.mark.slow), "scaffold"])
-def test_resume_after_crash_is_bit_identical(strategy, fixtures_dir, tmp_path, monkeypatch):
+def test_resume_after_crash_is_bit_identical(strategy, fixtures_dir, tmp_path, crash_after_round):
     full = tmp_path / "full"
     assert main(run_args(fixtures_dir, full, strategy)) == 0
 
     out = tmp_path / "crashed"
-    original = simulation.InProcessClients.train
-
-    def crash_in_round_2(self, jobs):  # round 2's clients train (their in-memory state changes), then
-        replies = original(self, jobs)  # the run dies before the round is aggregated and checkpointed
-        if jobs and jobs[0].round == 2:
-            raise KeyboardInterrupt
-        return replies
-
-    monkeypatch.setattr(simulation.InProcessClients, "train", crash_in_round_2)
-    assert main(run_args(fixtures_dir, out, strategy)) == 130
+    with crash_after_round(2):
+        assert main(run_args(fixtures_dir, out, strategy)) == 130
     assert not (out / "final").exists() and (out / "checkpoints" / "round_0001").is_dir()
-    monkeypatch.setattr(simulation.InProcessClients, "train", original)
     assert main(["run", "--out", str(out), "--resume"]) == 0
 
     a, b = final_state(full), final_state(out)

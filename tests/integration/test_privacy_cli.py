@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from fedit.cli import main
-from fedit.runners import simulation
 
 pytest.importorskip("dp_accounting")
 
@@ -32,7 +31,7 @@ def rounds(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_dp_run_records_epsilon_resumes_identically_and_keeps_its_budget(fixtures_dir, tmp_path, monkeypatch,
+def test_dp_run_records_epsilon_resumes_identically_and_keeps_its_budget(fixtures_dir, tmp_path, crash_after_round,
                                                                           capsys):
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     assert main(run_args(fixtures_dir, full, "--rounds", "2", "--dp-noise-seed", "11", *DP)) == 0
@@ -42,17 +41,8 @@ def test_dp_run_records_epsilon_resumes_identically_and_keeps_its_budget(fixture
     assert recs[1]["dp_epsilon"] < recs[2]["dp_epsilon"] <= 10 and recs[2]["dp_epsilon"] == pytest.approx(9.6, abs=0.05)
     assert "| DP epsilon 9.6 (delta 1e-05) |" in capsys.readouterr().err            # the round summary line
 
-    original = simulation.InProcessClients.train
-
-    def crash_in_round_2(self, jobs):  # round 2's clients train, then the run dies before aggregating
-        replies = original(self, jobs)
-        if jobs and jobs[0].round == 2:
-            raise KeyboardInterrupt
-        return replies
-
-    monkeypatch.setattr(simulation.InProcessClients, "train", crash_in_round_2)
-    assert main(run_args(fixtures_dir, crashed, "--rounds", "2", "--dp-noise-seed", "11", *DP)) == 130
-    monkeypatch.setattr(simulation.InProcessClients, "train", original)
+    with crash_after_round(2):
+        assert main(run_args(fixtures_dir, crashed, "--rounds", "2", "--dp-noise-seed", "11", *DP)) == 130
     assert main(["run", "--out", str(crashed), "--resume"]) == 0
     a = load_file(str(full / "final" / "adapter_model.safetensors"))
     b = load_file(str(crashed / "final" / "adapter_model.safetensors"))

@@ -60,28 +60,16 @@ def test_int8_updates_cost_fewer_bytes(tmp_path, fixtures_dir):
     assert "compress: int8" in (tmp_path / "out" / "config.yaml").read_text()
 
 
-def test_topk_resume_is_bit_identical(tmp_path, fixtures_dir, monkeypatch):
+def test_topk_resume_is_bit_identical(tmp_path, fixtures_dir, crash_after_round):
     """Top-k's error feedback lives in the clients' state, checkpointed with every round; and
     top-k replies are much smaller than the adapter sent down."""
-    from fedit.runners import simulation
-
     full = tmp_path / "full"
     rounds, _ = run(fixtures_dir, full, "--compress", "topk:0.1", "--clients-per-round", "2", rounds=3)
     # tiny-random's ~600-entry tensors: Flower's per-array headers (~450 bytes) keep this near 2x
     assert all(r["bytes_down"] > 1.6 * r["bytes_up"] for r in rounds[1:])
-    original = simulation.InProcessClients.train
-
-    def crash_in_round_3(self, jobs):  # after round 3's clients trained (their error feedback changed)
-        replies = original(self, jobs)
-        if jobs and jobs[0].round == 3:
-            raise KeyboardInterrupt
-        return replies
-
-    monkeypatch.setattr(simulation.InProcessClients, "train", crash_in_round_3)
     out = tmp_path / "crashed"
-    with pytest.raises(AssertionError):
+    with crash_after_round(3), pytest.raises(AssertionError):   # round 3's error feedback changed, unsaved
         run(fixtures_dir, out, "--compress", "topk:0.1", "--clients-per-round", "2", rounds=3)
-    monkeypatch.setattr(simulation.InProcessClients, "train", original)
     assert main(["-q", "run", "--out", str(out), "--resume"]) == 0
     a, b = (load_file(str(p / "final" / "adapter_model.safetensors")) for p in (full, out))
     assert all(torch.equal(a[k], b[k]) for k in a)

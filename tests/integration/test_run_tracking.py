@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from fedit.cli import main
-from fedit.runners import simulation
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -77,20 +76,11 @@ def test_loss_png_is_drawn(cosine_run):
     assert (cosine_run / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_resume_with_a_per_step_schedule_is_bit_identical(cosine_run, fixtures_dir, tmp_path, monkeypatch):
+def test_resume_with_a_per_step_schedule_is_bit_identical(cosine_run, fixtures_dir, tmp_path, crash_after_round):
     full = cosine_run
     out = tmp_path / "crashed"
-    original = simulation.InProcessClients.train
-
-    def crash_in_round_2(self, jobs):  # round 2's clients train (their in-memory state changes), then
-        replies = original(self, jobs)  # the run dies before the round is aggregated and checkpointed
-        if jobs and jobs[0].round == 2:
-            raise KeyboardInterrupt
-        return replies
-
-    monkeypatch.setattr(simulation.InProcessClients, "train", crash_in_round_2)
-    assert main(run_args(fixtures_dir, out, *SCHEDULE)) == 130
-    monkeypatch.setattr(simulation.InProcessClients, "train", original)
+    with crash_after_round(2):
+        assert main(run_args(fixtures_dir, out, *SCHEDULE)) == 130
     assert main(["run", "--out", str(out), "--resume"]) == 0
     a, b = load_file(str(full / "final" / "adapter_model.safetensors")), \
         load_file(str(out / "final" / "adapter_model.safetensors"))
