@@ -83,6 +83,14 @@ def _deploy(args: argparse.Namespace):
     return section_from_args(DeployConfig, args)
 
 
+def _open_control_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecure-open-control-api", action="store_true",
+                   help="serve the SuperLink's Control API on the address the SuperNodes use, as plain Flower "
+                        "does: anyone reaching it with the CA certificate can submit an app that runs on the server "
+                        "and on every node, or register a node. Default: only the Fleet API is served there "
+                        "(fedit's Fleet front), the Control API on loopback; see docs/flower.md")
+
+
 def _connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--superlink", required=True, help="SuperLink address HOST:PORT")
     g = p.add_mutually_exclusive_group(required=True)
@@ -102,6 +110,7 @@ def _local(sub, add_config_flags, config_from_args) -> None:
                                                        "needs --tls)")
     p.add_argument("--work-dir", type=Path, help="Flower state, certificates, keys, process logs "
                                                  "(default: OUT.flower next to --out)")
+    _open_control_flag(p)
     add_config_flags(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -115,7 +124,8 @@ def _local(sub, add_config_flags, config_from_args) -> None:
         cfg = config_from_args(args)
         log_config(cfg)
         opts = LocalOptions(node_data=args.node_data, tls=args.tls, auth=args.auth, deploy=_deploy(args),
-                            resume=args.resume, work_dir=args.work_dir)
+                            resume=args.resume, work_dir=args.work_dir,
+                            open_control_api=args.insecure_open_control_api)
         start = time.perf_counter()
         result = deploy_local(cfg, Path(args.out), opts, echo=_echo)
         history = [r for r in RunDir(result.run_dir).metrics.read() if r.get("type") == "round"]
@@ -198,14 +208,19 @@ def _echo(line: str) -> None:
 
 
 # ---- long-running processes --------------------------------------------------------------------
-def _foreground(name: str, argv: list[str], home: Path, print_only: bool) -> int:
-    """Run a Flower process in the foreground; Ctrl-C/SIGTERM stop it (and only it) by PID."""
+def _foreground(name: str, argv: list[str], home: Path, print_only: bool, guard: bool = False) -> int:
+    """Run a Flower process in the foreground; Ctrl-C/SIGTERM stop it (and only it) by PID.
+    ``guard``: a SuperNode that runs fedit's app only (fedit.runners.flower.guard)."""
+    from fedit.runners.flower.guard import guarded_env
     from fedit.runners.flower.launch import shell
     from fedit.runners.flower.processes import flower_env, sigterm_as_interrupt
 
     env = flower_env(home)
+    if guard:
+        env = guarded_env(env, home / "fedit-guard-bin")
     if print_only:
-        print(f"FLWR_HOME={home} FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 {shell(argv)}")
+        path = f"PATH={home / 'fedit-guard-bin'}:$PATH " if guard else ""
+        print(f"FLWR_HOME={home} FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 {path}{shell(argv)}")
         return 0
     logger.info("%s: %s (FLWR_HOME=%s)", name, shell(argv), home)
     with sigterm_as_interrupt():  # SIGTERM to fedit must reach the Flower process too
@@ -216,6 +231,37 @@ def _foreground(name: str, argv: list[str], home: Path, print_only: bool) -> int
             return 130
         finally:
             _stop_foreground(proc)
+
+
+def _foreground_pair(first: tuple[str, list[str]], second: tuple[str, list[str]], home: Path,
+                     print_only: bool) -> int:
+    """Two Flower-side processes in the foreground (the SuperLink, then its Fleet front once the
+    SuperLink listens); when either ends, or on Ctrl-C/SIGTERM, both are stopped, by PID."""
+    import time
+
+    from fedit.runners.flower.launch import shell
+    from fedit.runners.flower.processes import flower_env, sigterm_as_interrupt
+
+    env = flower_env(home)
+    if print_only:
+        for _, argv in (first, second):
+            print(f"FLWR_HOME={home} FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 {shell(argv)}")
+        return 0
+    procs: list[subprocess.Popen] = []
+    with sigterm_as_interrupt():
+        try:
+            for name, argv in (first, second):
+                logger.info("%s: %s (FLWR_HOME=%s)", name, shell(argv), home)
+                procs.append(subprocess.Popen(argv, env=env, start_new_session=True))
+                time.sleep(0 if len(procs) == 2 else 2.0)   # the front forwards to a listening SuperLink
+            while all(proc.poll() is None for proc in procs):
+                time.sleep(0.5)
+            return next(proc.returncode for proc in procs if proc.poll() is not None)
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            for proc in procs:
+                _stop_foreground(proc)
 
 
 def _stop_foreground(proc: subprocess.Popen) -> None:
@@ -230,31 +276,44 @@ def _stop_foreground(proc: subprocess.Popen) -> None:
 
 
 def _superlink(sub) -> None:
-    p = sub.add_parser("superlink", help="start a SuperLink (server) in the foreground")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=9093, help="port of the Fleet/Control/Runtime API (default 9093)")
+    p = sub.add_parser("superlink", help="start a SuperLink (server) and its Fleet front in the foreground")
+    p.add_argument("--host", default="0.0.0.0", help="address the SuperNodes connect to: only the Fleet API is "
+                                                     "served there (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=9093, help="port of the Fleet API for the SuperNodes (default 9093)")
+    p.add_argument("--control-port", type=int, default=9092,
+                   help="port of the SuperLink's Control and runtime APIs, on 127.0.0.1 only: the operator's "
+                        "fedit deploy submit/register-node use --superlink 127.0.0.1:PORT (default 9092)")
     p.add_argument("--ssl-certfile", help="server certificate (PEM)")
     p.add_argument("--ssl-keyfile", help="server private key (PEM)")
     p.add_argument("--ssl-ca-certfile", help="CA certificate that signed it (PEM)")
     p.add_argument("--insecure", action="store_true", help="no TLS (trials only; --auth needs TLS)")
     p.add_argument("--auth", action="store_true", help="accept only registered SuperNodes")
     p.add_argument("--database", help="SuperLink state file (default: in memory)")
-    p.add_argument("--print-command", action="store_true", help="print the flower-superlink command, do not run")
+    p.add_argument("--print-command", action="store_true", help="print the commands, do not run them")
+    _open_control_flag(p)
     _add_home(p)
 
     def run(args: argparse.Namespace) -> int:
-        from fedit.runners.flower.launch import LinkTls, superlink_command
+        from fedit.runners.flower.launch import LinkTls, front_command, superlink_command
+        from fedit.runners.flower.local import warn_open_control_api
 
         files = (args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile)
         if args.insecure == any(files) or (not args.insecure and not all(files)):
             raise FeditError("give --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile, or --insecure")
         if args.auth and args.insecure:
             raise FeditError("--auth needs TLS: Flower authenticates SuperNodes only over TLS")
+        if args.control_port == args.port and not args.insecure_open_control_api:
+            raise FeditError(f"--control-port {args.control_port}: must differ from --port (the Fleet front's)")
         tls = None if args.insecure else LinkTls(*(Path(f).resolve() for f in (args.ssl_ca_certfile,
                                                                               args.ssl_certfile, args.ssl_keyfile)))
         db = Path(args.database).resolve() if args.database else None
-        argv = superlink_command(args.host, args.port, tls=tls, auth=args.auth, database=db)
-        return _foreground("superlink", argv, _home(args), args.print_command)
+        if args.insecure_open_control_api:
+            warn_open_control_api(f"{args.host}:{args.port}")
+            argv = superlink_command(args.host, args.port, tls=tls, auth=args.auth, database=db)
+            return _foreground("superlink", argv, _home(args), args.print_command)
+        link = superlink_command("127.0.0.1", args.control_port, tls=tls, auth=args.auth, database=db)
+        front = front_command(args.host, args.port, args.control_port, tls=tls)
+        return _foreground_pair(("superlink", link), ("fleet-front", front), _home(args), args.print_command)
 
     p.set_defaults(func=run)
 
@@ -285,7 +344,7 @@ def _supernode(sub) -> None:
         argv = supernode_command(args.superlink, args.data, client_index=args.client_index, port=args.port,
                                  root_cert=root, private_key=args.auth_key.resolve() if args.auth_key else None,
                                  lora_rank=args.lora_rank, lora_targets=args.lora_targets)
-        return _foreground("supernode", argv, _home(args), args.print_command)
+        return _foreground("supernode", argv, _home(args), args.print_command, guard=True)
 
     p.set_defaults(func=run)
 

@@ -9,6 +9,7 @@ tools directly.
 from __future__ import annotations
 
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def superlink_command(host: str, port: int, *, tls: LinkTls | None, auth: bool,
         argv.append("--enable-supernode-auth")
     if database is not None:
         argv += ["--database", str(database)]
+    return argv
+
+
+def front_command(host: str, port: int, link_port: int, *, tls: LinkTls | None) -> list[str]:
+    """The Fleet front (fedit.runners.flower.front) on ``host:port``, forwarding the Fleet API alone
+    to the SuperLink on ``127.0.0.1:link_port``."""
+    argv = [sys.executable, "-m", "fedit.runners.flower.front", "--host", host, "--port", str(port),
+            "--upstream", f"{'https' if tls else 'http'}://127.0.0.1:{link_port}"]
+    if tls is not None:
+        argv += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.cert),
+                 "--ssl-keyfile", str(tls.key)]
     return argv
 
 

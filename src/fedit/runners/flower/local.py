@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 from fedit.config import Config, DeployConfig
 from fedit.errors import FeditError
 from fedit.runners.flower import appdir, launch
+from fedit.runners.flower.guard import guarded_env
 from fedit.runners.flower.processes import (ProcessGroup, alive, flower_env, free_port, running_owner,
                                             sigterm_as_interrupt, stop_leftovers, wait_for_port)
 from fedit.runners.flower.security import make_node_key, make_tls
@@ -42,6 +43,7 @@ class LocalOptions:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     resume: bool = False
     work_dir: Path | None = None
+    open_control_api: bool = False   # the SuperLink itself on the nodes' address (no Fleet front)
     unregistered_nodes: Sequence[Path] = field(default_factory=list)  # tests: nodes with unknown keys
 
 
@@ -134,13 +136,24 @@ class LocalFederation:
         self.env.setdefault("OMP_NUM_THREADS", str(share_cores(self.cfg, len(self.opts.node_data))))
 
     def _start_link(self) -> None:
-        self.port = free_port(HOST)
+        """The SuperLink on its own port (Control and runtime APIs: the operator's), and the Fleet
+        front on the port the nodes use (``self.port``), forwarding the Fleet API alone; with
+        ``open_control_api`` the nodes use the SuperLink's port itself (see front.py)."""
+        self.link_port = free_port(HOST)
         self.tls = make_tls(self.work / "tls") if self.opts.tls else None
         link_tls = launch.LinkTls(self.tls.ca_cert, self.tls.server_cert, self.tls.server_key) if self.tls else None
-        argv = launch.superlink_command(HOST, self.port, tls=link_tls, auth=self.opts.auth)
+        argv = launch.superlink_command(HOST, self.link_port, tls=link_tls, auth=self.opts.auth)
         proc = self.group.start("superlink", argv, env=self.env, log_path=self.work / "logs" / "superlink.log")
-        wait_for_port(HOST, self.port, 60, proc)
-        appdir.write_connection(self.env_home, f"{HOST}:{self.port}", self.tls.ca_cert if self.tls else None)
+        wait_for_port(HOST, self.link_port, 60, proc)
+        if self.opts.open_control_api:
+            warn_open_control_api(f"{HOST}:{self.link_port}")
+            self.port = self.link_port
+        else:
+            self.port = free_port(HOST)
+            front = self.group.start("fleet-front", launch.front_command(HOST, self.port, self.link_port, tls=link_tls),
+                                     env=self.env, log_path=self.work / "logs" / "fleet-front.log")
+            wait_for_port(HOST, self.port, 60, front)
+        appdir.write_connection(self.env_home, f"{HOST}:{self.link_port}", self.tls.ca_cert if self.tls else None)
 
     @property
     def env_home(self) -> Path:
@@ -173,7 +186,8 @@ class LocalFederation:
                                         private_key=key, max_wait_time=max_wait_time,
                                         lora_rank=layout.rank if layout else None,
                                         lora_targets=layout.targets if layout else None)
-        return self.group.start(name, argv, env=self.env, log_path=self.work / "logs" / f"{name}.log")
+        env = guarded_env(self.env, self.work / "guard-bin")   # the node runs fedit's app only (guard.py)
+        return self.group.start(name, argv, env=env, log_path=self.work / "logs" / f"{name}.log")
 
     def _refused(self, proc: subprocess.Popen, index: int) -> bool:
         """Wait for an unregistered SuperNode to give up (it must never join)."""
@@ -221,6 +235,13 @@ class LocalFederation:
             if done:
                 return
             time.sleep(0.3)
+
+
+def warn_open_control_api(address: str) -> None:
+    """The loud line of --insecure-open-control-api, logged on every start."""
+    logger.warning("--insecure-open-control-api: the SuperLink's Control API is served on %s, the address the "
+                   "SuperNodes use; anyone who can reach it (with the CA certificate) can submit an app that runs "
+                   "on the server and on every node, or register a node of their own", address)
 
 
 def share_cores(cfg: Config, nodes: int) -> int:
