@@ -81,6 +81,17 @@ def test_cli_prints_flower_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "flower-superlink" in out and "--disable-runtime-dependency-installation" in out
     assert "FLWR_TELEMETRY_ENABLED=0" in out
+    # the SuperLink on loopback (Control API: the operator's), the Fleet front on --host/--port
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and "--host 127.0.0.1 --port 9092" in lines[0]
+    assert "fedit.runners.flower.front --host 0.0.0.0 --port 9093 --upstream http://127.0.0.1:9092" in lines[1]
+    assert main(["deploy", "superlink", "--insecure", "--print-command", "--insecure-open-control-api",
+                 "--flwr-home", str(tmp_path)]) == 0
+    opened = capsys.readouterr()
+    assert "--host 0.0.0.0 --port 9093" in opened.out and "front" not in opened.out
+    assert main(["deploy", "supernode", "--insecure", "--superlink", "x:1", "--data", str(tmp_path / "d.json"),
+                 "--print-command", "--flwr-home", str(tmp_path)]) == 0
+    assert f"PATH={tmp_path / 'fedit-guard-bin'}:$PATH" in capsys.readouterr().out   # the node's guard
     assert main(["deploy", "superlink", "--auth", "--insecure", "--flwr-home", str(tmp_path)]) == 2
     assert main(["deploy", "app", str(tmp_path / "app"), "--out", str(tmp_path / "run"),
                  "--model", "tiny-random"]) == 0
