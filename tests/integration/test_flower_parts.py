@@ -265,8 +265,8 @@ def test_next_deploy_local_stops_what_a_killed_one_left(tmp_path: Path) -> None:
 
 
 def test_sigterm_to_deploy_superlink_stops_the_superlink(tmp_path: Path) -> None:
-    """`fedit deploy superlink` runs flower-superlink in a session of its own: SIGTERM to fedit
-    must stop it too (Python's default SIGTERM would end fedit and leave the SuperLink running)."""
+    """`fedit deploy superlink` runs flower-superlink and the Fleet front in sessions of their own:
+    SIGTERM to fedit must stop both (Python's default SIGTERM would end fedit and leave them running)."""
     import os
     import signal
     import subprocess
@@ -279,27 +279,29 @@ def test_sigterm_to_deploy_superlink_stops_the_superlink(tmp_path: Path) -> None
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "fedit.cli", "deploy", "superlink", "--insecure",
-                             "--host", "127.0.0.1", "--port", str(free_port()), "--flwr-home", str(tmp_path)],
+                             "--host", "127.0.0.1", "--port", str(free_port()), "--control-port", str(free_port()),
+                             "--flwr-home", str(tmp_path)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    link = None
+    started: list[psutil.Process] = []
     try:
-        deadline, children = time.monotonic() + 60, []
-        while not children and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while len(started) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-            children = psutil.Process(proc.pid).children(recursive=True)
-        assert children, "flower-superlink did not start"
-        link = children[0]
-        assert "flower-superlink" in " ".join(link.cmdline())
+            started = psutil.Process(proc.pid).children(recursive=False)
+        commands = sorted(" ".join(p.cmdline()) for p in started)
+        assert len(started) == 2, commands
+        assert "fedit.runners.flower.front" in commands[0] and "flower-superlink" in commands[1]
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 130
-        gone, alive_ = psutil.wait_procs([link], timeout=20)
-        assert not alive_, f"flower-superlink (pid {link.pid}) still runs after SIGTERM to fedit"
+        gone, alive_ = psutil.wait_procs(started, timeout=20)
+        assert not alive_, f"still running after SIGTERM to fedit: {[p.pid for p in alive_]}"
     finally:
         proc.kill()
         proc.wait()
-        if link is not None and link.is_running():   # the very process seen above, never by name
-            link.kill()
+        for child in started:   # the very processes seen above, never by name
+            if child.is_running():
+                child.kill()
 
 
 class ScriptedGrid:
