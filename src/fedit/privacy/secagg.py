@@ -189,44 +189,24 @@ def fitres_metrics(update, clipped: int) -> dict[str, Any]:
 
 
 def pooled_update(job, mean: Sequence[np.ndarray], members: Sequence[tuple[int, Mapping[str, Any]]], cfg: Config,
-                  round_metrics: dict[str, Any], weights: Mapping[int, int] | None = None,
-                  nodes: Mapping[int, int] | None = None):
+                  round_metrics: dict[str, Any]):
     """The one reply a secure round yields: the global adapter plus the unmasked mean update,
-    standing for ``members`` ((client, the metrics it reported in the clear), in job order).
-    ``weights``: the counts the server weighted each member by (default: the count it reported).
-    Each member's clear-text metrics are checked like a plain reply's: a member whose metrics are
-    not all finite numbers within bounds loses its metrics (one line naming it, and its node), never
-    the round: its share of the sum, already unmasked, is kept."""
+    standing for ``members`` ((client, the metrics it reported in the clear), in job order)."""
     import torch
 
     from fedit.client.job import ClientUpdate
-    from fedit.errors import UpdateError
-    from fedit.server.checks import check_metrics
     from fedit.server.strategy import pool_updates
 
     state = {k: job.state[k].float() + torch.from_numpy(np.asarray(a)).float() for k, a in zip(job.state, mean)}
-    replies, clipped, dropped = [], 0, []
+    replies = []
     for cid, metrics in members:
         metrics = dict(metrics)
-        claimed = metrics.pop("fedit.num-examples", None)
-        clip = metrics.pop("fedit.secagg-clipped", 0)
-        try:
-            check_metrics(cid, {**metrics, "fedit.num-examples": claimed, "fedit.secagg-clipped": clip})
-            clipped += int(clip)
-        except UpdateError as exc:
-            where = f" (node {nodes[cid]})" if nodes and cid in nodes else ""
-            logger.warning("secure aggregation: %s%s; that client's metrics are dropped, its share of the "
-                           "secure sum is kept", exc, where)
-            dropped.append(f"{exc}{where}")
-            metrics, claimed = {}, None
-        count = int(weights[cid]) if weights is not None else int(claimed or 1)
-        if weights is not None and isinstance(claimed, int) and claimed != count:
-            metrics["claimed_examples"] = claimed
-        replies.append(ClientUpdate(cid, {}, max(1, count), metrics))
+        examples = int(metrics.pop("fedit.num-examples"))
+        metrics.pop("fedit.secagg-clipped", None)
+        replies.append(ClientUpdate(cid, {}, examples, metrics))
     pooled = pool_updates(replies, state, "equal" if cfg.privacy.dp else "examples")
+    clipped = sum(int(m.get("fedit.secagg-clipped", 0)) for _, m in members)
     pooled.round_metrics = {**round_metrics, "secagg_clipped_values": clipped}
-    if dropped:
-        pooled.round_metrics["secagg_metrics_dropped"] = len(dropped)
     if clipped:
         logger.warning("secure aggregation clipped %d update coordinate(s) to +-%g before quantisation: raise "
                        "--secagg-clipping-range", clipped, clipping_range(cfg))

@@ -21,7 +21,6 @@ from fedit.config import Config
 from fedit.errors import ConfigError
 from fedit.privacy import secagg
 from fedit.privacy.secagg_cost import round_cost
-from fedit.server.trust import secure_weights
 
 SECAGG_STREAM = 0x5EC  # mixed into the rounding seeds
 
@@ -39,10 +38,7 @@ class SimulatedSecureAggregation:
     def train(self, jobs: Sequence[ClientJob]) -> list:
         if any(job.arrays for job in jobs):
             raise ConfigError("--secure-aggregation sums adapters only: this strategy sends clients extra tensors")
-        rob = self.cfg.robustness   # the counts a round without SecAgg would trust (fedit.server.trust)
-        trusted = secure_weights([job.client_id for job in jobs], dict(enumerate(self.sizes)),
-                                 rob.max_client_examples, rob.max_client_share)
-        weights = [secagg.client_weight(trusted[job.client_id], self.cfg) for job in jobs]
+        weights = [secagg.client_weight(self.sizes[job.client_id], self.cfg) for job in jobs]
         params = secagg.round_params(self.cfg, len(jobs), weights)
         replies = self.inner.train(jobs)
         done = [(job, w, r) for job, w, r in zip(jobs, weights, replies) if isinstance(r, ClientUpdate)]
@@ -61,7 +57,7 @@ class SimulatedSecureAggregation:
         shapes = [tuple(v.shape) for v in jobs[0].state.values()]
         cost = round_cost(params, shapes, fitins, metrics)
         members = [(r.client_id, m) for (_, _, r), m in zip(done, metrics)]
-        return [secagg.pooled_update(done[0][0], mean, members, self.cfg, cost, trusted), *failures]
+        return [secagg.pooled_update(done[0][0], mean, members, self.cfg, cost), *failures]
 
     def state_dict(self) -> dict[str, Any]:
         return self.inner.state_dict()

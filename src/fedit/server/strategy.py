@@ -127,9 +127,7 @@ def pool_updates(updates: Sequence[ClientUpdate], state: AdapterState, weighting
         member_metrics.update(u.member_metrics if isinstance(u, PooledUpdate) else {u.client_id: u.metrics})
         member_examples.update(u.member_examples if isinstance(u, PooledUpdate) else {u.client_id: u.num_examples})
     total = sum(u.num_examples for u in updates)
-    reported = [u for u in updates if "train_loss" in u.metrics]   # a member whose metrics were dropped: none
-    weights = normalized_weights([u.num_examples for u in reported]) if reported else []
-    metrics = {"train_loss": sum(w * u.metrics["train_loss"] for w, u in zip(weights, reported)),
+    metrics = {"train_loss": sum(u.num_examples * u.metrics.get("train_loss", 0.0) for u in updates) / total,
                "compute_seconds": sum(u.metrics.get("compute_seconds", 0.0) for u in updates)}
     round_metrics = {k: v for u in updates if isinstance(u, PooledUpdate) for k, v in u.round_metrics.items()}
     return PooledUpdate(members[0], state, total, metrics, client_ids=members, weighting=weighting,

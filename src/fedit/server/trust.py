@@ -66,12 +66,3 @@ def trusted_counts(claims: Mapping[int, int], known: Mapping[int, int], bound: i
         c = share_cap(list(counts.values()), max_share)
         counts = {cid: min(n, c) for cid, n in counts.items()}
     return counts
-
-
-def secure_weights(client_ids: list[int], known: Mapping[int, int], bound: int | None,
-                   max_share: float) -> dict[int, int]:
-    """The weights the server sets for a secure round, where it never sees the updates nor trusts a
-    count sent with them: each client's known size (1 where it knows none), capped and share-limited
-    exactly as :func:`trusted_counts` limits the claims of a round without secure aggregation."""
-    claims = {cid: known.get(cid) or 1 for cid in client_ids}
-    return trusted_counts(claims, known, bound, max_share)

@@ -108,24 +108,17 @@ class _RoundStrategy:
         return None, {}
 
 
-STAGE_NAMES = ("setup", "key sharing", "training and masking", "unmasking")   # SecAgg+'s 4 round trips
-
-
 class CountingGrid:
     """The Grid as the workflow sees it: its messages go through fedit's exchange (replies matched to
-    messages, so a dead node's error reply is charged to that node), counting bytes and messages, and
-    recording at which stage of the protocol each node failed."""
+    messages, so a dead node's error reply is charged to that node), counting bytes and messages."""
 
     def __init__(self, grid, exchange) -> None:
         self.grid, self.exchange = grid, exchange
-        self.down = self.up = self.messages = self.stage = 0
+        self.down = self.up = self.messages = 0
         self.errors: dict[int, str] = {}
-        self.lost_at: dict[int, str] = {}    # node -> the stage it was lost in
 
     def send_and_receive(self, messages, *, timeout: float | None = None):
         messages = list(messages)
-        stage = STAGE_NAMES[min(self.stage, len(STAGE_NAMES) - 1)]
-        self.stage += 1
         self.down += sum(message_bytes(m.content) for m in messages)
         nodes = [m.metadata.dst_node_id for m in messages]
         replies = self.exchange(self.grid, messages, nodes, timeout)
@@ -137,89 +130,29 @@ class CountingGrid:
                 self.up += message_bytes(reply.content)
         for node in set(nodes) - set(replies):
             self.errors[node] = "no reply"
-        for node in set(nodes) & set(self.errors):
-            self.lost_at.setdefault(node, stage)
         return list(replies.values())
-
-
-def _workflow_class():
-    from flwr.server.workflow import SecAggPlusWorkflow
-
-    class Workflow(SecAggPlusWorkflow):
-        """Flower's SecAgg+ with one change: it halts as soon as a node is lost before the masked
-        vectors are collected (setup or key sharing). Flower's own workflow goes on, and its unmask
-        stage then asks the survivors for key shares of that node, which they never received: they
-        fail with a KeyError inside ``secaggplus_mod`` and the round is lost (docs/flower.md,
-        "SecAgg+ and a node lost during key sharing"). fedit reruns such a round without the lost
-        nodes (:class:`SecureFlowerClients`)."""
-
-        def setup_stage(self, grid, context, state) -> bool:
-            return super().setup_stage(grid, context, state) and _none_lost(state)
-
-        def share_keys_stage(self, grid, context, state) -> bool:
-            return super().share_keys_stage(grid, context, state) and _none_lost(state)
-
-    return Workflow
-
-
-def _none_lost(state) -> bool:
-    return state.active_node_ids == state.sampled_node_ids
 
 
 class SecureFlowerClients:
     """The round loop's transport under --secure-aggregation: one SecAgg+ round per fedit round;
-    the loop gets one pooled reply (the unmasked mean) and a failure per client that dropped out.
-
-    Only nodes the SuperLink lists are asked; a round halted by a node lost during setup or key
-    sharing is run once more without it. Weights are the example counts the server trusts
-    (fedit.server.trust: the roll call's counts, capped and share-limited as without SecAgg)."""
+    the loop gets one pooled reply (the unmasked mean) and a failure per client that dropped out."""
 
     def __init__(self, grid, nodes: dict[int, int], sizes: dict[int, int], cfg: Config, round_timeout: float) -> None:
         self.grid, self.nodes, self.sizes, self.cfg, self.round_timeout = grid, nodes, sizes, cfg, round_timeout
 
     def train(self, jobs: Sequence[ClientJob]) -> list:
-        from fedit.runners.federation import ClientFailure
-
-        if any(job.arrays for job in jobs):
-            raise ConfigError("--secure-aggregation sums adapters only: this strategy sends clients extra tensors")
-        listed = set(self.grid.get_node_ids())
-        failures = [ClientFailure(j.client_id, f"client {j.client_id} (node {self.nodes[j.client_id]}): not "
-                                               "connected (the SuperLink no longer lists it), not asked")
-                    for j in jobs if self.nodes[j.client_id] not in listed]
-        jobs = [j for j in jobs if self.nodes[j.client_id] in listed]
-        for attempt in (1, 2):
-            if len(jobs) < 2:
-                return failures + [ClientFailure(j.client_id, f"client {j.client_id} (node {self.nodes[j.client_id]}):"
-                                                 " alone in its secure round (a secure sum needs 2 clients)")
-                                   for j in jobs]
-            replies, grid, halted = self._round(jobs)
-            early = {n for n, stage in grid.lost_at.items() if stage in STAGE_NAMES[:2]}
-            if not (halted and early and attempt == 1):
-                return replies + failures
-            lost = [j for j in jobs if self.nodes[j.client_id] in early]
-            logger.warning("round %d: secure aggregation halted: %s lost during %s; running the round again "
-                           "without them", jobs[0].round, ", ".join(f"client {j.client_id} (node "
-                                                                   f"{self.nodes[j.client_id]})" for j in lost),
-                           " / ".join(sorted({grid.lost_at[self.nodes[j.client_id]] for j in lost})))
-            failures += [ClientFailure(j.client_id, self._why(j, grid, None)) for j in lost]
-            jobs = [j for j in jobs if j not in lost]
-        raise AssertionError("unreachable")
-
-    def _round(self, jobs: Sequence[ClientJob]):
-        """One SecAgg+ run over ``jobs``: (replies for the loop, the counting grid, halted?)."""
         from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
         from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
         from flwr.server.compat.legacy_context import LegacyContext
+        from flwr.server.workflow import SecAggPlusWorkflow
         from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
         from fedit.runners.federation import ClientFailure
         from fedit.runners.flower.server_app import exchange
-        from fedit.server.trust import secure_weights
 
-        rob = self.cfg.robustness
-        trusted = secure_weights([j.client_id for j in jobs], self.sizes, rob.max_client_examples,
-                                 rob.max_client_share)
-        weights = {cid: secagg.client_weight(n, self.cfg) for cid, n in trusted.items()}
+        if any(job.arrays for job in jobs):
+            raise ConfigError("--secure-aggregation sums adapters only: this strategy sends clients extra tensors")
+        weights = {j.client_id: secagg.client_weight(max(1, self.sizes.get(j.client_id) or 1), self.cfg) for j in jobs}
         params = secagg.round_params(self.cfg, len(jobs), list(weights.values()))
         fitins = [(_Proxy(self.nodes[j.client_id]),
                    FitIns(ndarrays_to_parameters([v.numpy() for v in j.state.values()]),
@@ -229,35 +162,30 @@ class SecureFlowerClients:
                             MAIN_PARAMS_RECORD: ArrayRecord()})
         context = LegacyContext(Context(0, 0, {}, state, {}), strategy=strategy, client_manager=_Nodes(len(jobs)))
         grid = CountingGrid(self.grid, exchange)
-        _workflow_class()(params.flwr_num_shares, params.threshold, max_weight=params.max_weight,
-                          clipping_range=params.clipping_range, quantization_range=params.quantization_range,
-                          modulus_range=secagg.MODULUS, timeout=self.round_timeout or None)(grid, context)
+        SecAggPlusWorkflow(params.flwr_num_shares, params.threshold, max_weight=params.max_weight,
+                           clipping_range=params.clipping_range, quantization_range=params.quantization_range,
+                           modulus_range=secagg.MODULUS, timeout=self.round_timeout or None)(grid, context)
         by_node = {self.nodes[j.client_id]: j for j in jobs}
         got = {by_node[proxy.node_id].client_id: res for proxy, res in (strategy.results or [])}
-        halted = strategy.results is None
-        failures = [ClientFailure(j.client_id, self._why(j, grid, (params, len(jobs)) if halted else None))
+        failures = [ClientFailure(j.client_id, self._why(j, grid, params, strategy.results is None))
                     for j in jobs if j.client_id not in got]
         if not got:
-            return failures, grid, halted
+            return failures
         mean = parameters_to_ndarrays(next(iter(got.values())).parameters)
         members = [(j.client_id, dict(got[j.client_id].metrics)) for j in jobs if j.client_id in got]
         cost = {"secagg_bytes_down": grid.down, "secagg_bytes_up": grid.up, "secagg_messages": grid.messages,
                 "secagg_round_trips": secagg.STAGES}
         first = next(j for j in jobs if j.client_id in got)
-        nodes = {cid: self.nodes[cid] for cid, _ in members}
-        return [secagg.pooled_update(first, mean, members, self.cfg, cost, trusted, nodes), *failures], grid, halted
+        return [secagg.pooled_update(first, mean, members, self.cfg, cost), *failures]
 
-    def _why(self, job: ClientJob, grid: CountingGrid, halted: tuple[secagg.SecAggParams, int] | None) -> str:
+    def _why(self, job: ClientJob, grid: CountingGrid, params: secagg.SecAggParams, halted: bool) -> str:
         node = self.nodes[job.client_id]
-        who = f"client {job.client_id} (node {node})"
-        if node in grid.errors:
-            return f"{who}: dropped out of secure aggregation during {grid.lost_at[node]} ({grid.errors[node]})"
-        if halted is None:
-            return f"{who}: dropped out of secure aggregation (no reply)"
-        params, sent = halted
-        lost = ", ".join(f"node {n} during {stage}" for n, stage in sorted(grid.lost_at.items()))
-        return (f"{who}: secure aggregation halted: {sent - len(grid.errors)} of the round's {sent} nodes left, "
-                f"--secagg-threshold {params.threshold} of {params.num_shares} shares needed (lost: {lost})")
+        reason = grid.errors.get(node)
+        if halted:
+            why = f" ({reason})" if reason else ""
+            return (f"client {job.client_id} (node {node}): secure aggregation halted, fewer than --secagg-threshold "
+                    f"{params.threshold} of the {params.num_shares} shares left{why}")
+        return f"client {job.client_id} (node {node}): dropped out of secure aggregation ({reason or 'no reply'})"
 
     def state_dict(self) -> dict[str, Any]:
         return {}
