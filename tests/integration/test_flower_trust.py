@@ -11,7 +11,7 @@ open with --insecure-open-control-api) refuses it before importing it.
 from __future__ import annotations
 
 import json
-import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("flwr")
+
+import httpx  # noqa: E402 - installed with flwr
 
 from fedit.config import DeployConfig, load_config  # noqa: E402
 from fedit.runners.flower import appdir  # noqa: E402
@@ -115,6 +117,16 @@ def _port_of(cmdline: list[str]) -> int:
     return int(cmdline[cmdline.index("--port") + 1])
 
 
+def _post(address: str, path: str, ca: Path) -> int:
+    """The status of a bare HTTPS call, as the outsider's own client would make it."""
+    return httpx.post(f"https://{address}{path}", content=b"", timeout=30,
+                      verify=ssl.create_default_context(cafile=str(ca))).status_code
+
+
+def _superlink_of(cmdline: list[str]) -> str:
+    return cmdline[cmdline.index("--superlink") + 1]
+
+
 def _outsider(home: Path, address: str, ca: Path, *argv: str) -> subprocess.CompletedProcess:
     """A ``flwr`` command of the outsider's: their own FLWR_HOME, the CA certificate, ``address``."""
     appdir.write_connection(home, address, ca, name="target")
@@ -141,23 +153,30 @@ def _run_federation(tmp_path: Path, **opts) -> tuple[threading.Thread, dict, Pat
 
 @pytest.mark.slow
 def test_outsider_with_ca_cannot_submit_an_app_or_register_a_node(tmp_path: Path) -> None:
+    """The regression test of issue 15 (1, 2): on the address the SuperNodes use, with the CA
+    certificate only, ``flwr run`` of the outsider's app and ``flwr supernode register`` of the
+    outsider's key both succeeded before the Fleet front."""
     thread, result, out, work = _run_federation(tmp_path)
     try:
-        front = _port_of(_wait_for(work, "fleet-front"))
-        link = _port_of(_wait_for(work, "superlink"))
-        assert front != link
+        nodes_address = _superlink_of(_wait_for(work, "supernode-1"))   # what every data owner reaches
         ca = work / "tls" / "ca.crt"
         marker = tmp_path / "outsider"
         app = _outsider_app(tmp_path / "outsider-app", marker)
-        submitted = _outsider(tmp_path / "outsider-home", f"127.0.0.1:{front}", ca, "run", str(app), "target")
+        submitted = _outsider(tmp_path / "outsider-home", nodes_address, ca, "run", str(app), "target")
         key, public = make_node_key(tmp_path / "outsider-key")
-        registered = _outsider(tmp_path / "outsider-home", f"127.0.0.1:{front}", ca,
+        registered = _outsider(tmp_path / "outsider-home", nodes_address, ca,
                                "supernode", "register", str(public), "target")
+        direct = {path: _post(nodes_address, path, ca) for path in ("/v1/control/start-run", "/v1/runtime/get-nodes")}
     finally:
         thread.join(600)
-    assert submitted.returncode != 0, submitted.stdout + submitted.stderr
-    assert registered.returncode != 0, registered.stdout + registered.stderr
+    outcome = {"flwr run": submitted.returncode, "flwr supernode register": registered.returncode}
+    assert all(outcome.values()), (outcome, submitted.stdout, registered.stdout)   # both exit 0 on the old code
+    assert direct == {"/v1/control/start-run": 403, "/v1/runtime/get-nodes": 403}   # the APIs called directly
+    assert "403 Forbidden" in submitted.stdout + submitted.stderr
+    assert "403 Forbidden" in registered.stdout + registered.stderr
     assert not any(marker.parent.glob("outsider.*")), "the outsider's app ran"
+    front, link = _port_of(_wait_for(work, "fleet-front")), _port_of(_wait_for(work, "superlink"))
+    assert nodes_address == f"127.0.0.1:{front}" and front != link
     front_log = (work / "logs" / "fleet-front.log").read_text()
     assert "refused POST /v1/control/start-run" in front_log
     assert "refused POST /v1/control/register-node" in front_log
@@ -191,3 +210,29 @@ def test_node_refuses_an_app_that_is_not_fedits(tmp_path: Path, caplog) -> None:
     assert node_logs.count("refused an app the SuperLink sent") >= 2
     assert "it holds files other than fedit's pyproject.toml (outsider_app.py)" in node_logs
     assert "--insecure-open-control-api: the SuperLink's Control API is served on" in caplog.text
+
+
+def test_operator_commands_against_the_front_fail_with_one_line(tmp_path: Path, capsys) -> None:
+    """``deploy register-node`` / ``deploy submit`` pointed at the Fleet front (the data owners' address,
+    not the Control port) stop with one line naming the right port; no request reaches Flower."""
+    from fedit.cli import main
+    from fedit.runners.flower.processes import free_port, wait_for_port
+
+    port = free_port("127.0.0.1")
+    front = subprocess.Popen([sys.executable, "-m", "fedit.runners.flower.front", "--host", "127.0.0.1",
+                              "--port", str(port), "--upstream", "http://127.0.0.1:9"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, 30, front)
+        _, public = make_node_key(tmp_path / "node")
+        common = ["--superlink", f"127.0.0.1:{port}", "--insecure", "--flwr-home", str(tmp_path / "home")]
+        assert main(["deploy", "register-node", str(public), *common]) == 2
+        assert main(["deploy", "submit", *common, "--out", str(tmp_path / "run"), "--model", "tiny-random",
+                     "--test-data", str(FIXTURES / "tiny_test.jsonl")]) == 2
+    finally:
+        front.terminate()
+        front.wait(10)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["fedit deploy", "fedit deploy"], lines
+    assert all(f"--superlink 127.0.0.1:{port} is fedit's Fleet front" in line for line in lines)
+    assert "Traceback" not in "".join(lines)

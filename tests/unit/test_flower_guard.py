@@ -56,3 +56,13 @@ def test_node_accepts_fedits_app_and_refuses_others(tmp_path: Path) -> None:
     assert "not fedit/fedit-flower" in fab_problem(_fab({"pyproject.toml": renamed}), version)
     assert "but this node runs fedit 0.0.1" in fab_problem(_fab({"pyproject.toml": pyproject}), "0.0.1")
     assert fab_problem(b"not a zip", version).startswith("it is not a readable app bundle")
+
+
+def test_flower_env_drops_the_legacy_grpc_switches(tmp_path: Path) -> None:
+    """Flower's legacy gRPC Control/Fleet servers listen on 0.0.0.0, past the Fleet front: never on."""
+    from fedit.runners.flower.processes import flower_env
+
+    env = flower_env(tmp_path, {"FLWR_INTERNAL_GRPC_CONTROL_API": "1", "FLWR_INTERNAL_GRPC_FLEET_API": "1",
+                                "PATH": "/bin"})
+    assert "FLWR_INTERNAL_GRPC_CONTROL_API" not in env and "FLWR_INTERNAL_GRPC_FLEET_API" not in env
+    assert env["FLWR_HOME"] == str(tmp_path)

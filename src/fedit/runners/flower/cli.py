@@ -307,6 +307,10 @@ def _superlink(sub) -> None:
         tls = None if args.insecure else LinkTls(*(Path(f).resolve() for f in (args.ssl_ca_certfile,
                                                                               args.ssl_certfile, args.ssl_keyfile)))
         db = Path(args.database).resolve() if args.database else None
+        if not args.auth:
+            logger.warning("no --auth: anyone who reaches %s:%d (with the CA certificate) can join as a SuperNode, "
+                           "as many times as they like (Flower's Fleet API registers any key); pass --auth and "
+                           "register each data owner's key (docs/flower.md, Threat model)", args.host, args.port)
         if args.insecure_open_control_api:
             warn_open_control_api(f"{args.host}:{args.port}")
             argv = superlink_command(args.host, args.port, tls=tls, auth=args.auth, database=db)
@@ -386,8 +390,16 @@ def _flwr(args: argparse.Namespace, argv_fn) -> int:
     from fedit.runners.flower.appdir import write_connection
     from fedit.runners.flower.processes import flower_env
 
+    from fedit.runners.flower.front import is_front
+
     home = _home(args)
-    write_connection(home, args.superlink, Path(args.root_certificates) if args.root_certificates else None)
+    ca = Path(args.root_certificates) if args.root_certificates else None
+    if is_front(args.superlink, ca):
+        raise FeditError(f"--superlink {args.superlink} is fedit's Fleet front (the data owners' address), which "
+                         "does not accept runs or node registrations: run this on the SuperLink's machine with "
+                         "--superlink 127.0.0.1:CONTROL_PORT (deploy superlink --control-port, default 9092) or "
+                         "through an SSH tunnel to that port")
+    write_connection(home, args.superlink, ca)
     return subprocess.run(argv_fn(), env=flower_env(home)).returncode
 
 

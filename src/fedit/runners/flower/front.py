@@ -76,6 +76,18 @@ def make_app(upstream: str, ca_cert: Path | None, timeout: float = 600.0) -> Sta
     return Starlette(routes=routes, lifespan=lifespan)
 
 
+def is_front(address: str, ca_cert: Path | None, timeout: float = 5.0) -> bool:
+    """Whether ``address`` (HOST:PORT) is a Fleet front (it refuses a Control API call with our
+    answer): the operator's commands then name the wrong port. False when it cannot tell."""
+    url = f"{'https' if ca_cert else 'http'}://{address}/v1/control/list-runs"
+    try:
+        verify = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else False
+        reply = httpx.post(url, content=b"", verify=verify, timeout=timeout)
+    except (httpx.HTTPError, OSError, ValueError):
+        return False
+    return reply.status_code == 403 and reply.text == REFUSAL
+
+
 def serve(host: str, port: int, upstream: str, *, ca_cert: Path | None = None, cert: Path | None = None,
           key: Path | None = None) -> None:
     """Run the front in the foreground (until SIGINT/SIGTERM)."""

@@ -41,9 +41,17 @@ def bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
+# Flower 1.42 starts its legacy gRPC Control API (0.0.0.0:9093) / Fleet API (0.0.0.0:9092) when these are "1".
+LEGACY_GRPC_SWITCHES = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
+
+
 def flower_env(flwr_home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a Flower process or command: offline, quiet, own FLWR_HOME."""
     env = dict(os.environ if base is None else base)
+    for name in LEGACY_GRPC_SWITCHES:   # they would serve the Control/Fleet API on 0.0.0.0, past the Fleet front
+        if env.pop(name, None) is not None:
+            logger.warning("%s is set: ignored (it starts Flower's legacy gRPC API on 0.0.0.0, outside fedit's "
+                           "Fleet front)", name)
     env.update(FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
                TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", PYTHONUNBUFFERED="1")
     env["PATH"] = f"{bin_dir()}{os.pathsep}{env.get('PATH', '')}"
