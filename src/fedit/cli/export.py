@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import json
 
+from fedit.cli.args import add_config_flags
+from fedit.cli.use import given_flags
 from fedit.config import ExportConfig
 
 DESCRIPTION = ("Export a tuned model: the adapter merged into its base model as a plain transformers folder "
@@ -15,7 +17,6 @@ DESCRIPTION = ("Export a tuned model: the adapter merged into its base model as 
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fedit.chat_cli import given_flags
     from fedit.eval.source import resolve_source
     from fedit.export.hub import push_folder
     from fedit.export.merge import export_model
@@ -29,10 +30,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers, add_config_flags, config_from_args) -> None:
-    exp = subparsers.add_parser("export", help="merge the adapter into its base model (or export the adapter) "
-                                              "as a folder transformers, vLLM and the hub take",
-                                description=DESCRIPTION)
+def add_parser(sub) -> None:
+    exp = sub.add_parser("export", help="merge the adapter into its base model (or export the adapter) "
+                                       "as a folder transformers, vLLM and the hub take",
+                         description=DESCRIPTION)
     exp.add_argument("--run", help="a fedit run directory: its final adapter and base model")
     exp.add_argument("--adapter", help="a PEFT adapter folder (e.g. RUN/final); its base model comes from its "
                                        "adapter_config.json unless --model is given")

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 
+from fedit.cli.args import add_config_flags, config_from_args, log_config, progress
 from fedit.config import load_config, preset_names
 from fedit.experiment.settings import JUDGE_PROMPTS, ExperimentSettings, JudgeSettings
 
@@ -31,8 +32,8 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def add_parser(subparsers, add_config_flags, config_from_args) -> None:
-    p = subparsers.add_parser("experiment", help="compare base, local-only, centralized and FedIT; write a report",
+def add_parser(sub) -> None:
+    p = sub.add_parser("experiment", help="compare base, local-only, centralized and FedIT; write a report",
                               description=DESCRIPTION)
     p.add_argument("--config", help=f"preset ({', '.join(preset_names())}; default {DEFAULT_PRESET}) or a YAML "
                                     "file; flags override it")
@@ -91,7 +92,7 @@ def add_parser(subparsers, add_config_flags, config_from_args) -> None:
     j.add_argument("--judge-max-tokens", type=int, default=_J["max_tokens"],
                    help=f"the judge's reply length limit (default {_J['max_tokens']})")
     add_config_flags(p, preset=DEFAULT_PRESET)
-    p.set_defaults(func=lambda args: cmd_experiment(args, config_from_args))
+    p.set_defaults(func=cmd_experiment)
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -116,16 +117,13 @@ def settings_from_args(args: argparse.Namespace):
                               bootstrap=args.bootstrap, confidence=args.confidence, judge=judge)
 
 
-def cmd_experiment(args: argparse.Namespace, config_from_args) -> int:
-    from fedit.cli import _progress
+def cmd_experiment(args: argparse.Namespace) -> int:
     from fedit.experiment.runner import run_experiment
 
     settings = settings_from_args(args)
     cfg = config_from_args(args, load_config(args.config or DEFAULT_PRESET))
-    from fedit.cli import log_config
-
     log_config(cfg)
-    with _progress() as progress:
-        summary = run_experiment(cfg, settings, args.out, progress=progress)
+    with progress() as bars:
+        summary = run_experiment(cfg, settings, args.out, progress=bars)
     print(json.dumps(summary, indent=2, default=float))
     return 0
