@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 from fedit.config import SECTIONS, Config, flag, load_config, preset_fields, preset_names
 from fedit.errors import FeditError
+from fedit.schema import option_groups
 
 logger = logging.getLogger("fedit")
 
@@ -111,16 +112,17 @@ def shown_defaults(preset: str | None) -> dict[str, str]:
 
 def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None,
                      sections: dict[str, type] | None = None, preset: str | None = DEFAULT_PRESET) -> None:
-    """One flag per config field (all fields, or just ``names``), grouped by section; ``sections``
+    """One flag per config field (all fields, or just ``names``): a group per section for the run's
+    own fields and one per method for its options (a plugin's like a built-in's); ``sections``
     defaults to the run config's (fedit.config.SECTIONS). ``--help`` shows the defaults of
     ``preset``, the preset the command starts from without --config (None: the fields' own)."""
     shown = shown_defaults(preset) if sections is None else {}
-    for section, cls in (SECTIONS if sections is None else sections).items():
+    for title, all_fields, cls in option_groups(SECTIONS if sections is None else sections):
         hints = typing.get_type_hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if names is None or f.name in names]
+        fields = [f for f in all_fields if names is None or f.name in names]
         if not fields:
             continue
-        group = parser.add_argument_group(f"{section} options")
+        group = parser.add_argument_group(title)
         for f in fields:
             help_text = f"{f.metadata['help']} (default: {shown.get(f.name, f.default)})"
             kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
@@ -214,6 +216,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return generate(args)
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from fedit.methods.listing import describe, render
+
+    rows = describe()
+    print(json.dumps(rows, indent=2) if args.json else render(rows))
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="fedit", description="Federated instruction tuning of LLMs with LoRA.",
                     epilog=EPILOG)
@@ -265,6 +275,12 @@ def build_parser() -> Parser:
     from fedit.chat_cli import add_source_flags
     add_source_flags(gen, add_config_flags)   # --run/--adapter, --model..., --temperature/--top-p/...
     gen.set_defaults(func=cmd_generate)
+
+    meth = sub.add_parser("methods", help="list every federated method: built-in and plugins (entry points)",
+                          description="Every method registered in the fedit.methods entry-point group: kind, name, "
+                                      "the distribution it comes from, summary, options with defaults, capabilities.")
+    meth.add_argument("--json", action="store_true", help="one JSON list, for tools")
+    meth.set_defaults(func=cmd_methods)
 
     for module in COMMAND_MODULES:  # commands that live beside their library code
         importlib.import_module(module).add_parser(sub, add_config_flags, config_from_args)
