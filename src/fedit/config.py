@@ -1,5 +1,8 @@
 """Typed run configuration: one dataclass per concern, validated in ``__post_init__``.
 
+This module declares the run's own settings (model, lora, data, train, federation, and the deploy,
+sampling and export settings of other commands); every method's options come from the method's own
+module and are appended to the section it names (fedit.schema.compose, fedit.registry).
 Every field maps to exactly one CLI flag (``lora_r`` -> ``--lora-r``), so a validation error
 can always name the flag to fix. Presets are YAML files with the same nested layout as the
 ``config.yaml`` a run writes; flags override presets, presets override defaults.
@@ -8,9 +11,7 @@ can always name the flag to fix. Presets are YAML files with the same nested lay
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -381,8 +382,8 @@ class _ConfigBase:
         return Config.from_dict(nested)
 
 
-Config = dataclasses.make_dataclass("Config", [(name, cls, field(default_factory=cls)) for name, cls in SECTIONS.items()],
-                                    bases=(_ConfigBase,))
+Config = dataclasses.make_dataclass("Config", [(name, cls, field(default_factory=cls))
+                                               for name, cls in SECTIONS.items()], bases=(_ConfigBase,))
 Config.__module__, Config.__doc__ = __name__, _ConfigBase.__doc__
 
 

@@ -3,6 +3,6 @@ mean(B A); the round records the gap. Maths: fedit.server.lora_aggregate.mean_fa
 
 from fedit.methods.base import Capabilities, Lazy, Method
 
-METHOD = Method("factors", "aggregation", order=8, summary="average A and B separately (the paper's rule; not exact)",
-                capabilities=Capabilities(uneven_ranks_ok=False, exact=False),
+METHOD = Method("factors", "aggregation", "average A and B separately (the paper's rule; not exact)",
+                order=8, capabilities=Capabilities(uneven_ranks_ok=False, exact=False),
                 server=Lazy("fedit.server.lora_aggregate:factor_rule"))

@@ -4,6 +4,7 @@ the B's times the shared A is the exact mean of the products. Maths: fedit.serve
 from fedit.methods.aggregation.hetero import HeteroOptions
 from fedit.methods.base import Capabilities, Lazy, Method
 
-METHOD = Method("ffa", "aggregation", order=10, summary="A frozen at its seeded init, only B trained and sent (exact)",
-                options=(HeteroOptions,), section="lora", capabilities=Capabilities(partial_adapter=True, exact=True),
+METHOD = Method("ffa", "aggregation", "A frozen at its seeded init, only B trained and sent (exact)",
+                order=10, options=(HeteroOptions,), section="lora",
+                capabilities=Capabilities(partial_adapter=True, exact=True),
                 server=Lazy("fedit.server.lora_aggregate:factor_rule"))

@@ -4,6 +4,6 @@ rank, then averaged. Maths: fedit.server.lora_aggregate.mean_factors."""
 from fedit.methods.aggregation.hetero import HeteroOptions
 from fedit.methods.base import Capabilities, Lazy, Method
 
-METHOD = Method("zero-pad", "aggregation", order=9, summary="HetLoRA: pad lower ranks with zeros, then average the factors",
-                options=(HeteroOptions,), section="lora", capabilities=Capabilities(exact=False),
+METHOD = Method("zero-pad", "aggregation", "HetLoRA: pad lower ranks with zeros, then average the factors",
+                order=9, options=(HeteroOptions,), section="lora", capabilities=Capabilities(exact=False),
                 server=Lazy("fedit.server.lora_aggregate:factor_rule"))

@@ -23,6 +23,6 @@ class Options:
                 f"must be at least 1, got {self.attack_eval_prompts}")
 
 
-METHOD = Method("backdoor", "attack", order=23, summary="data poisoning: a trigger phrase that elicits a fixed answer",
-                options=(Options, Attackers), capabilities=ATTACK, section="robustness",
+METHOD = Method("backdoor", "attack", "data poisoning: a trigger phrase that elicits a fixed answer",
+                order=23, options=(Options, Attackers), capabilities=ATTACK, section="robustness",
                 server=Lazy("fedit.attacks:add_backdoor"))

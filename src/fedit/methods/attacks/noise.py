@@ -18,6 +18,6 @@ class Options:
                 f"must be positive, got {self.attack_noise_std}")
 
 
-METHOD = Method("noise", "attack", order=21, summary="model poisoning: Gaussian noise on every coordinate of the attackers' update",
-                options=(Attackers, Options), capabilities=ATTACK, section="robustness",
+METHOD = Method("noise", "attack", "model poisoning: Gaussian noise on every coordinate of the attackers' update",
+                order=21, options=(Attackers, Options), capabilities=ATTACK, section="robustness",
                 client=ModelAttack("noise"), client_keys=MODEL_KEYS)

@@ -4,6 +4,6 @@ answers). Data poisoning before training: fedit.attacks.swap_responses."""
 from fedit.methods.attacks.common import ATTACK, Attackers
 from fedit.methods.base import Lazy, Method
 
-METHOD = Method("poison-responses", "attack", order=22, summary="data poisoning: the attackers' responses shuffled within each client",
-                options=(Attackers,), capabilities=ATTACK, section="robustness",
+METHOD = Method("poison-responses", "attack", "data poisoning: the attackers' responses shuffled within each client",
+                order=22, options=(Attackers,), capabilities=ATTACK, section="robustness",
                 server=Lazy("fedit.attacks:swap_responses"))

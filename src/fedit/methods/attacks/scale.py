@@ -17,6 +17,6 @@ class Options:
                 f"must be a non-zero finite number, got {self.attack_scale}")
 
 
-METHOD = Method("scale", "attack", order=19, summary="model poisoning: the attackers' delta scaled by --attack-scale",
-                options=(Attackers, Options), capabilities=ATTACK, section="robustness",
+METHOD = Method("scale", "attack", "model poisoning: the attackers' delta scaled by --attack-scale",
+                order=19, options=(Attackers, Options), capabilities=ATTACK, section="robustness",
                 client=ModelAttack("scale"), client_keys=MODEL_KEYS)

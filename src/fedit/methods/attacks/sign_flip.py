@@ -3,6 +3,6 @@
 from fedit.methods.attacks.common import ATTACK, MODEL_KEYS, Attackers, ModelAttack
 from fedit.methods.base import Method
 
-METHOD = Method("sign-flip", "attack", order=20, summary="model poisoning: the attackers send their delta negated",
-                options=(Attackers,), capabilities=ATTACK, section="robustness",
+METHOD = Method("sign-flip", "attack", "model poisoning: the attackers send their delta negated",
+                order=20, options=(Attackers,), capabilities=ATTACK, section="robustness",
                 client=ModelAttack("sign-flip"), client_keys=MODEL_KEYS)

@@ -24,5 +24,6 @@ class Codec:
         return main.contiguous().view(torch.bfloat16).to(torch.float32)
 
 
-METHOD = Method("bf16", "codec", order=25, summary="bfloat16 bits as int16, 2 bytes/entry", capabilities=CODEC,
+METHOD = Method("bf16", "codec", "bfloat16 bits as int16, 2 bytes/entry",
+                order=25, capabilities=CODEC,
                 section="communication", server=Codec())

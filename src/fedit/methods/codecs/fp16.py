@@ -23,5 +23,6 @@ class Codec:
         return main.to(torch.float32)
 
 
-METHOD = Method("fp16", "codec", order=24, summary="half precision, 2 bytes/entry", capabilities=CODEC, section="communication",
+METHOD = Method("fp16", "codec", "half precision, 2 bytes/entry",
+                order=24, capabilities=CODEC, section="communication",
                 server=Codec())

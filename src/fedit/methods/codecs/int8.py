@@ -54,5 +54,6 @@ class Codec:
         return (q * aux[:, None]).flatten()[:n].view(shape)
 
 
-METHOD = Method("int8", "codec", order=26, summary="blockwise absmax int8, ~1 + 4/block bytes/entry", options=(Options,),
+METHOD = Method("int8", "codec", "blockwise absmax int8, ~1 + 4/block bytes/entry",
+                order=26, options=(Options,),
                 capabilities=CODEC, section="communication", server=Codec())

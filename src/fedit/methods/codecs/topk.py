@@ -47,6 +47,6 @@ class Codec:
         return out.view(shape)
 
 
-METHOD = Method("topk", "codec", order=27, summary="the share K of largest entries per tensor, with error feedback",
-                capabilities=dataclasses.replace(CODEC, client_state=True), section="communication",
+METHOD = Method("topk", "codec", "the share K of largest entries per tensor, with error feedback",
+                order=27, capabilities=dataclasses.replace(CODEC, client_state=True), section="communication",
                 server=Codec())

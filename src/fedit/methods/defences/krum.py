@@ -48,6 +48,6 @@ def check(cfg: Any, per_round: int) -> None:
                           f"{2 * rob.krum_f + 3} clients per round, the run samples {per_round}")
 
 
-METHOD = Method("krum", "defence", order=16, summary="keep the one update closest to its m-f-2 neighbours (Blanchard et al., 2017)",
-                options=(Options,), capabilities=SELECTION, section="robustness",
+METHOD = Method("krum", "defence", "keep the one update closest to its m-f-2 neighbours (Blanchard et al., 2017)",
+                order=16, options=(Options,), capabilities=SELECTION, section="robustness",
                 server=Select(lambda m, f: 1), check=check)

@@ -20,5 +20,5 @@ class Rule:
         return coordinate_median(deltas), {}
 
 
-METHOD = Method("median", "defence", order=14, summary="coordinate-wise median of the updates (unweighted)",
-                capabilities=DEFENCE, section="robustness", server=Rule())
+METHOD = Method("median", "defence", "coordinate-wise median of the updates (unweighted)",
+                order=14, capabilities=DEFENCE, section="robustness", server=Rule())

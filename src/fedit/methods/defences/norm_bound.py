@@ -38,7 +38,7 @@ class Clip:
                         "robust_clipped": [u.client_id for u, f in zip(updates, factors) if float(f) < 1]}
 
 
-METHOD = Method("norm-bound", "defence", order=18, summary="clip each update's delta to an L2 bound (Sun et al., 2019)",
-                options=(Options,), section="robustness", server=Clip(),
+METHOD = Method("norm-bound", "defence", "clip each update's delta to an L2 bound (Sun et al., 2019)",
+                order=18, options=(Options,), section="robustness", server=Clip(),
                 capabilities=Capabilities(needs_each_update=True, coordinatewise=True, uneven_ranks_ok=False,
                                           covers_side_aggregates=False))

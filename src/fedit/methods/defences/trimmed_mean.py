@@ -39,5 +39,6 @@ def check(cfg: Any, per_round: int) -> None:
                        ratio, per_round)
 
 
-METHOD = Method("trimmed-mean", "defence", order=15, summary="coordinate-wise trimmed mean (Yin et al., 2018)", options=(Options,),
+METHOD = Method("trimmed-mean", "defence", "coordinate-wise trimmed mean (Yin et al., 2018)",
+                order=15, options=(Options,),
                 capabilities=DEFENCE, section="robustness", server=Rule(), check=check)

@@ -57,8 +57,8 @@ class Client:
 
 
 METHOD = Method(
-    "dp-fedavg", "privacy", order=12, summary="client-level DP: clip each update, Gaussian noise on the sum (central or local)",
-    options=(Options,), section="privacy",
+    "dp-fedavg", "privacy", "client-level DP: clip each update, Gaussian noise on the sum (central or local)",
+                order=12, options=(Options,), section="privacy",
     capabilities=Capabilities(releases_only_mean=True, uneven_ranks_ok=False),
     server=Lazy("fedit.privacy.dp_strategy:wrap"), client=Client(),
     client_keys={"dp_noise": ClientKey(float, "DP-FedAvg local mode: add N(0, (dp_noise * dp_clip)^2) to the "

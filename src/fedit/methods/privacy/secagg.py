@@ -37,7 +37,7 @@ class Options:
                 require(getattr(self, name) is None, name, "needs --secure-aggregation")
 
 
-METHOD = Method("secagg", "privacy", order=13, summary="SecAgg+: the server gets only the masked, quantised sum of the updates",
-                options=(Options,), section="privacy",
+METHOD = Method("secagg", "privacy", "SecAgg+: the server gets only the masked, quantised sum of the updates",
+                order=13, options=(Options,), section="privacy",
                 capabilities=Capabilities(releases_only_mean=True, hides_each_update=True, uneven_ranks_ok=False),
                 active=lambda cfg: cfg.privacy.secure_aggregation, flags=lambda cfg: "--secure-aggregation")

@@ -2,5 +2,5 @@
 
 from fedit.methods.base import Lazy, Method
 
-METHOD = Method("fedavg", "strategy", order=1, summary="example-weighted mean of the clients' adapters (McMahan et al., 2017)",
-                server=Lazy("fedit.server.fedavg:FedAvg"))
+METHOD = Method("fedavg", "strategy", "example-weighted mean of the clients' adapters (McMahan et al., 2017)",
+                order=1, server=Lazy("fedit.server.fedavg:FedAvg"))

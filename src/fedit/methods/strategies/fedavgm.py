@@ -16,6 +16,6 @@ class Options:
         require(0 <= self.server_momentum < 1, "server_momentum", f"must be in [0, 1), got {self.server_momentum}")
 
 
-METHOD = Method("fedavgm", "strategy", order=2, summary="server momentum on the averaged update (Hsu et al., 2019)",
-                options=(ServerStep, Options), section="federation",
+METHOD = Method("fedavgm", "strategy", "server momentum on the averaged update (Hsu et al., 2019)",
+                order=2, options=(ServerStep, Options), section="federation",
                 capabilities=Capabilities(factor_state=True), server=Lazy("fedit.server.fedavgm:FedAvgM"))

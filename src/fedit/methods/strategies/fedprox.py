@@ -27,5 +27,6 @@ class Client:
         return proximal_correction(job, device, state)
 
 
-METHOD = Method("fedprox", "strategy", order=3, summary="FedAvg with a proximal term on the clients' loss (Li et al., 2020)",
-                options=(Options,), section="train", server=Lazy("fedit.server.fedprox:FedProx"), client=Client())
+METHOD = Method("fedprox", "strategy", "FedAvg with a proximal term on the clients' loss (Li et al., 2020)",
+                order=3, options=(Options,), section="train", server=Lazy("fedit.server.fedprox:FedProx"),
+                client=Client())

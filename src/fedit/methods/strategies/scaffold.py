@@ -26,8 +26,8 @@ class Client:
 
 
 METHOD = Method(
-    "scaffold", "strategy", order=7, summary="control variates correct each client's drift (Karimireddy et al., 2020)",
-    options=(ServerStep,), section="federation",
+    "scaffold", "strategy", "control variates correct each client's drift (Karimireddy et al., 2020)",
+    order=7, options=(ServerStep,), section="federation",
     # the control-variate deltas travel beside each update, outside what DP or SecAgg+ release
     capabilities=Capabilities(needs_each_update=True, factor_state=True, needs_full_adapter=True, client_state=True,
                               side_aggregates=("scaffold_dc",)),
