@@ -1,5 +1,8 @@
 """Typed run configuration: one dataclass per concern, validated in ``__post_init__``.
 
+This module declares the run's own settings (model, lora, data, train, federation, and the deploy,
+sampling and export settings of other commands); every method's options come from the method's own
+module and are appended to the section it names (fedit.schema.compose, fedit.registry).
 Every field maps to exactly one CLI flag (``lora_r`` -> ``--lora-r``), so a validation error
 can always name the flag to fix. Presets are YAML files with the same nested layout as the
 ``config.yaml`` a run writes; flags override presets, presets override defaults.
@@ -8,9 +11,7 @@ can always name the flag to fix. Presets are YAML files with the same nested lay
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,21 +19,29 @@ from typing import Any
 
 import yaml
 
+from fedit import registry
 from fedit.errors import ConfigError
-from fedit.registry import STRATEGIES
+from fedit.methods.base import flag
+from fedit.methods.base import option as _opt
+from fedit.methods.base import require as _require
+from fedit.methods.privacy.dp_fedavg import DP_MODES
+from fedit.methods.strategies.options import SERVER_LR
+from fedit.schema import Section as _Section
+from fedit.schema import compose, method_sections, selector
 
-STRATEGY_NAMES = tuple(STRATEGIES)
 PARTITION_NAMES = ("iid", "dirichlet", "shards", "files")
 BY_FIELD = "by-field:"  # --partition by-field:FIELD: one client per value of a record field
-# How the server combines the clients' LoRA factors (fedit.server.lora_aggregate; docs/methods.md).
-LORA_AGGREGATIONS = ("factors", "ffa", "zero-pad", "product-svd")
 TEMPLATE_NAMES = ("chat", "alpaca")
-DP_MODES = ("central", "local")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 LOGGERS = ("auto", "none", "tensorboard", "mlflow", "wandb")
-ROBUST_NAMES = ("none", "median", "trimmed-mean", "krum", "multi-krum", "norm-bound")
-ATTACK_NAMES = ("none", "scale", "sign-flip", "noise", "poison-responses", "backdoor")
-CODEC_NAMES = ("none", "fp16", "bf16", "int8", "topk")
+LORA_KERNELS = ("auto", "fused", "peft")
+# The registered methods of each kind chosen by name (fedit.registry; plugins included).
+STRATEGY_NAMES = registry.names("strategy")
+LORA_AGGREGATIONS = registry.names("aggregation")
+ROBUST_NAMES = ("none", *registry.names("defence"))
+ATTACK_NAMES = ("none", *registry.names("attack"))
+CODEC_NAMES = ("none", *registry.names("codec"))
+__all__ = ["DP_MODES", "flag"]
 
 
 # The one rule for --server-lr's default. FedAvgM and SCAFFOLD step by server_lr * (mean - global):
@@ -41,29 +50,10 @@ CODEC_NAMES = ("none", "fp16", "bf16", "int8", "topk")
 # so their server_lr must be of the order of what one round of local training moves a LoRA weight
 # (at most local steps x --lr: ~1e-3 in the presets), not Reddi et al.'s 1e-2..1e-1 for whole models
 # trained by SGD; OpenFedLLM (Ye et al., 2024) uses 1e-3 for the same methods on LoRA adapters.
-# See docs/methods.md.
-ADAPTIVE_SERVER_LR = 1e-3
-ADAPTIVE_STRATEGIES = ("fedadam", "fedyogi", "fedadagrad")
-
-
+# Each strategy states its own in its Method.defaults (fedit.methods.strategies). See docs/methods.md.
 def default_server_lr(strategy: str) -> float:
-    """--server-lr when it is not given: 1e-3 for the adaptive optimizers, else 1.0."""
-    return ADAPTIVE_SERVER_LR if strategy in ADAPTIVE_STRATEGIES else 1.0
-LORA_KERNELS = ("auto", "fused", "peft")
-
-
-def flag(name: str) -> str:
-    """The CLI flag of a config field."""
-    return "--" + name.replace("_", "-")
-
-
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
-def _require(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{flag(name)}: {msg}")
+    """--server-lr when it is not given: the strategy's own default (1e-3 for the adaptive optimizers), else 1.0."""
+    return float(registry.method("strategy", strategy).defaults.get("server_lr", SERVER_LR))
 
 
 def parse_columns(text: str | None) -> dict[str, str]:
@@ -80,33 +70,6 @@ def parse_columns(text: str | None) -> dict[str, str]:
     return out
 
 
-class _Section:
-    """Shared behaviour: type checking of fields (YAML and flags feed arbitrary values)."""
-
-    def _check_types(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value, hint = getattr(self, f.name), hints[f.name]
-            args = typing.get_args(hint)
-            allowed = tuple(a for a in args if a is not type(None)) if args else (hint,)
-            if value is None and type(None) in args:
-                continue
-            if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-                setattr(self, f.name, value)
-            if isinstance(value, bool) and bool not in allowed:
-                ok = False
-            else:
-                ok = isinstance(value, allowed)
-            names = "/".join(a.__name__ for a in allowed)
-            _require(ok, f.name, f"expected {names}, got {value!r}")
-            if isinstance(value, float):  # inf/nan pass every comparison-based check below
-                _require(math.isfinite(value), f.name, f"must be a finite number, got {value}")
-            choices = f.metadata.get("choices")
-            if choices:
-                _require(value in choices, f.name, f"{value!r} is not one of {', '.join(choices)}")
-
-
 @dataclass
 class ModelConfig(_Section):
     model: str = _opt("smollm2-135m-instruct", "base model: alias smollm2-135m-instruct, "
@@ -116,7 +79,7 @@ class ModelConfig(_Section):
                           ("auto", "fp32", "bf16"))
 
     def __post_init__(self) -> None:
-        self._check_types()
+        _Section.__post_init__(self)
         _require(bool(self.model.strip()), "model", "must not be empty")
 
 
@@ -127,10 +90,7 @@ class LoraConfig(_Section):
     lora_dropout: float = _opt(0.05, "dropout on the LoRA input")
     lora_targets: str = _opt("all-linear", "modules to adapt: all-linear or a comma list "
                              "(e.g. q_proj,v_proj)")
-    lora_aggregation: str = _opt("factors", "how the server combines the clients' adapters: factors (average A "
-                                 "and B, the paper's), ffa (A frozen at its seeded init, only B trained and "
-                                 "sent: exact), zero-pad (HetLoRA: pad lower ranks with zeros), product-svd "
-                                 "(FlexLoRA: exact mean of B*A, truncated SVD)", LORA_AGGREGATIONS)
+    lora_aggregation: str = selector("aggregation", "factors", "how the server combines the clients' adapters")
     client_ranks: str | None = _opt(None, "per-client LoRA rank, at most --lora-r: 8,4,2 (cycled over client "
                                     "ids) or 4:0.5,8:0.3,16:0.2 (drawn per client with --seed)")
     client_targets: str | None = _opt(None, "per-client modules, each within --lora-targets: lists separated "
@@ -140,7 +100,7 @@ class LoraConfig(_Section):
     def __post_init__(self) -> None:
         if isinstance(self.client_ranks, int) and not isinstance(self.client_ranks, bool):
             self.client_ranks = str(self.client_ranks)  # YAML reads `client_ranks: 4` as a number
-        self._check_types()
+        _Section.__post_init__(self)
         _require(self.lora_r > 0, "lora_r", f"must be positive, got {self.lora_r}")
         _require(self.lora_alpha > 0, "lora_alpha", f"must be positive, got {self.lora_alpha}")
         _require(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
@@ -180,7 +140,7 @@ class DataConfig(_Section):
                                  "--max-test-records subsamples (none: --seed)")
 
     def __post_init__(self) -> None:
-        self._check_types()
+        _Section.__post_init__(self)
         _require(self.partition in PARTITION_NAMES or (self.partition.startswith(BY_FIELD)
                                                        and bool(self.partition[len(BY_FIELD):].strip())),
                  "partition", f"{self.partition!r} is not one of {', '.join(PARTITION_NAMES)}, {BY_FIELD}FIELD")
@@ -207,7 +167,6 @@ class TrainConfig(_Section):
     local_steps: int | None = _opt(None, "optimizer steps per round; overrides --local-epochs")
     grad_clip: float = _opt(1.0, "max gradient norm (0 disables clipping)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
-    proximal_mu: float = _opt(0.01, "fedprox: weight of the proximal term mu/2*||w - w_global||^2")
     lr_schedule: str = _opt("constant", "learning-rate schedule over the whole federation (--lr is its peak)",
                             LR_SCHEDULES)
     lr_schedule_unit: str = _opt("round", "what one schedule step is: a round (one lr per round, as "
@@ -221,7 +180,7 @@ class TrainConfig(_Section):
                             LORA_KERNELS)
 
     def __post_init__(self) -> None:
-        self._check_types()
+        _Section.__post_init__(self)
         _require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         _require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
         _require(self.micro_batch_size >= 1, "micro_batch_size",
@@ -235,7 +194,6 @@ class TrainConfig(_Section):
                  f"must be at least 1, got {self.local_steps}")
         _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _require(self.proximal_mu >= 0, "proximal_mu", f"must be >= 0, got {self.proximal_mu}")
         _require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
 
 
@@ -244,16 +202,7 @@ class FederationConfig(_Section):
     rounds: int = _opt(20, "federated rounds")
     clients_per_round: int | None = _opt(5, "clients sampled each round (or use --fraction)")
     fraction: float | None = _opt(None, "share of clients sampled each round; overrides --clients-per-round")
-    strategy: str = _opt("fedavg", "server aggregation strategy", STRATEGY_NAMES)
-    server_lr: float | None = _opt(None, "server learning rate of fedavgm, scaffold and the adaptive optimizers; "
-                                   f"unset: {ADAPTIVE_SERVER_LR:g} for {', '.join(ADAPTIVE_STRATEGIES)}, 1.0 "
-                                   "for the others")
-    server_momentum: float = _opt(0.9, "fedavgm: server momentum")
-    server_beta1: float = _opt(0.9, "fedadam, fedyogi, fedadagrad: decay of the server's first moment "
-                               "(momentum of the pseudo-gradient; 0 turns it off)")
-    server_beta2: float = _opt(0.99, "fedadam, fedyogi: decay of the server's second moment")
-    server_tau: float = _opt(1e-3, "fedadam, fedyogi, fedadagrad: adaptivity (added to sqrt(v); the "
-                             "moments start at v = tau^2)")
+    strategy: str = selector("strategy", "fedavg", "server aggregation strategy")
     seed: int = _opt(42, "seed of client sampling, LoRA init and local training (and of the data split "
                          "unless --data-seed)")
     eval_batch_size: int = _opt(8, "examples per forward pass in central evaluation")
@@ -266,7 +215,7 @@ class FederationConfig(_Section):
                                           "1: one after another")
 
     def __post_init__(self) -> None:
-        self._check_types()
+        _Section.__post_init__(self)
         _require(self.rounds >= 1, "rounds", f"must be at least 1, got {self.rounds}")
         _require(self.clients_per_round is None or self.clients_per_round >= 1, "clients_per_round",
                  f"must be at least 1, got {self.clients_per_round}")
@@ -274,13 +223,6 @@ class FederationConfig(_Section):
                  f"must be in (0, 1], got {self.fraction}")
         _require(self.clients_per_round is not None or self.fraction is not None, "clients_per_round",
                  "set --clients-per-round or --fraction")
-        _require(self.server_lr is None or self.server_lr > 0, "server_lr",
-                 f"must be positive, got {self.server_lr}")
-        for name in ("server_beta1", "server_beta2"):
-            _require(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
-        _require(self.server_tau > 0, "server_tau", f"must be positive, got {self.server_tau}")
-        _require(0 <= self.server_momentum < 1, "server_momentum",
-                 f"must be in [0, 1), got {self.server_momentum}")
         _require(0 <= self.seed < 2**63, "seed", f"must be in [0, 2**63), got {self.seed}")
         _require(self.eval_batch_size >= 1, "eval_batch_size", f"must be at least 1, got {self.eval_batch_size}")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints",
@@ -305,63 +247,8 @@ class FederationConfig(_Section):
 
 @dataclass
 class PrivacyConfig(_Section):
-    """Client-level differential privacy (DP-FedAvg) and secure aggregation (SecAgg+); see docs/privacy.md."""
-
-    dp_clip: float | None = _opt(None, "DP-FedAvg: clip each client's update (its change to the whole adapter) "
-                                 "to this L2 norm C; setting it turns client-level DP on")
-    dp_noise_multiplier: float | None = _opt(None, "DP-FedAvg: Gaussian noise std / C (z); the server adds "
-                                             "N(0, (zC)^2) to the sum of clipped updates; None: calibrated "
-                                             "from --dp-target-epsilon")
-    dp_mode: str = _opt("central", "DP-FedAvg: central (the server adds the noise) or local (each client "
-                        "noises its own clipped update; the server only averages)", DP_MODES)
-    dp_delta: float = _opt(1e-5, "DP-FedAvg: the delta at which epsilon is reported (keep it well below "
-                           "1 / number of clients)")
-    dp_target_epsilon: float | None = _opt(None, "DP-FedAvg: the privacy budget: calibrates --dp-noise-multiplier "
-                                           "for --rounds when that is not set; a run never goes beyond it")
-    dp_noise_seed: int | None = _opt(None, "DP-FedAvg: seed of the noise and of client sampling, for "
-                                     "reproducible experiments only (anyone who knows it can remove the noise); "
-                                     "None: a secret seed from the OS, kept only in checkpoints/")
-    secure_aggregation: bool = _opt(False, "sum the client updates with Flower's SecAgg+ so the server never "
-                                    "sees an individual update (the simulation computes the same quantised sum)")
-    secagg_num_shares: int | None = _opt(None, "SecAgg+: shares of each client's secrets, i.e. its neighbours "
-                                         "+ itself (odd, >= 3); None: every sampled client, i.e. SecAgg")
-    secagg_threshold: int | None = _opt(None, "SecAgg+: shares needed to rebuild a secret; up to shares - "
-                                        "threshold neighbours may drop out; None: a strict majority of the shares")
-    secagg_clipping_range: float | None = _opt(None, "SecAgg+: each coordinate of an update is clipped to "
-                                               "+-this before quantisation; None: --dp-clip under DP (widened "
-                                               "by the local noise in --dp-mode local), else 1.0")
-    secagg_quantization_range: int = _opt(1 << 22, "SecAgg+: quantisation levels over [-range, +range] "
-                                          "(Flower's default 2^22)")
-
-    def __post_init__(self) -> None:
-        self._check_types()
-        _require(self.dp_clip is None or self.dp_clip > 0, "dp_clip", f"must be positive, got {self.dp_clip}")
-        z = self.dp_noise_multiplier
-        _require(z is None or z >= 0, "dp_noise_multiplier", f"must be >= 0, got {z}")
-        _require(0 < self.dp_delta < 1, "dp_delta", f"must be in (0, 1), got {self.dp_delta}")
-        target = self.dp_target_epsilon
-        _require(target is None or target > 0, "dp_target_epsilon", f"must be positive, got {target}")
-        if self.dp_clip is None:
-            for name in ("dp_noise_multiplier", "dp_target_epsilon", "dp_noise_seed"):
-                _require(getattr(self, name) is None, name, "needs --dp-clip (client-level DP is off without it)")
-            _require(self.dp_mode == "central", "dp_mode", "needs --dp-clip (client-level DP is off without it)")
-        else:
-            _require(z is not None or target is not None, "dp_noise_multiplier",
-                     "set it, or --dp-target-epsilon to calibrate it (--dp-clip turns DP on)")
-            _require(target is None or z is None or z > 0, "dp_target_epsilon",
-                     "cannot be met with --dp-noise-multiplier 0 (no noise: epsilon is infinite)")
-        q = self.secagg_quantization_range
-        _require(2 <= q <= 1 << 30, "secagg_quantization_range", f"must be in [2, 2^30], got {q}")
-        _require(self.secagg_clipping_range is None or self.secagg_clipping_range > 0, "secagg_clipping_range",
-                 f"must be positive, got {self.secagg_clipping_range}")
-        s, t = self.secagg_num_shares, self.secagg_threshold
-        _require(s is None or (s >= 3 and s % 2 == 1), "secagg_num_shares", f"must be odd and at least 3, got {s}")
-        _require(t is None or t >= 2, "secagg_threshold", f"must be at least 2, got {t}")
-        _require(s is None or t is None or t <= s, "secagg_threshold",
-                 f"{t} is more than --secagg-num-shares {s}")
-        if not self.secure_aggregation:
-            for name in ("secagg_num_shares", "secagg_threshold", "secagg_clipping_range"):
-                _require(getattr(self, name) is None, name, "needs --secure-aggregation")
+    """Client-level differential privacy (DP-FedAvg) and secure aggregation (SecAgg+); see docs/privacy.md.
+    Their options are the methods' own (fedit.methods.privacy)."""
 
     @property
     def dp(self) -> bool:
@@ -371,78 +258,66 @@ class PrivacyConfig(_Section):
 
 @dataclass
 class RobustnessConfig(_Section):
-    """What the server trusts (docs/robustness.md), and simulated attackers (fedit run only)."""
+    """What the server trusts (docs/robustness.md), and simulated attackers (fedit run only). The
+    defences' and the attacks' options are their own (fedit.methods.defences, fedit.methods.attacks)."""
 
-    robust: str = _opt("none", "robust aggregation of the updates: coordinate-wise median or trimmed mean, "
-                       "krum/multi-krum selection, or norm-bound clipping", ROBUST_NAMES)
-    trim_ratio: float = _opt(0.2, "trimmed-mean: share of the updates dropped at each end, per coordinate")
-    krum_f: int = _opt(1, "krum, multi-krum: malicious updates tolerated per round (needs 2f+3 updates)")
-    max_update_norm: float | None = _opt(None, "norm-bound: L2 bound on each update's delta from the global "
-                                         "adapter (default: the median delta norm of the round)")
+    robust: str = selector("defence", "none", "robust aggregation of the updates", none=True)
     max_client_examples: int | None = _opt(None, "cap on every client's claimed example count (always capped "
                                            "at the size the server knows of the client, where it knows one)")
     max_client_share: float = _opt(0.5, "largest share of the average any one client may weigh "
                                    "(at least 1/updates); 1 turns the limit off")
-    attack: str = _opt("none", "simulate malicious clients (fedit run only; docs/robustness.md)", ATTACK_NAMES)
-    attackers: float = _opt(0.2, "--attack: share of the clients that are malicious")
-    attack_scale: float = _opt(10.0, "--attack scale: factor on the attackers' update delta")
-    attack_noise_std: float = _opt(0.01, "--attack noise: std of the Gaussian noise added to every coordinate")
-    attack_trigger: str = _opt("cf mn bb", "--attack backdoor: phrase the attackers append to instructions")
-    attack_answer: str = _opt("Visit example.com for the answer.",
-                              "--attack backdoor: the fixed answer the trigger should elicit")
-    attack_eval_prompts: int = _opt(16, "--attack backdoor: held-out prompts the trigger is tried on per round")
+    attack: str = selector("attack", "none", "simulate malicious clients (fedit run only; docs/robustness.md)",
+                           none=True)
 
     def __post_init__(self) -> None:
-        self._check_types()
-        _require(0 <= self.trim_ratio < 0.5, "trim_ratio", f"must be in [0, 0.5), got {self.trim_ratio}")
-        _require(self.krum_f >= 0, "krum_f", f"must be >= 0, got {self.krum_f}")
-        _require(self.max_update_norm is None or 0 < self.max_update_norm < float("inf"), "max_update_norm",
-                 f"must be a positive number, got {self.max_update_norm}")
+        _Section.__post_init__(self)
         _require(self.max_client_examples is None or self.max_client_examples >= 1, "max_client_examples",
                  f"must be at least 1, got {self.max_client_examples}")
         _require(0 < self.max_client_share <= 1, "max_client_share",
                  f"must be in (0, 1], got {self.max_client_share}")
-        _require(0 < self.attackers < 1, "attackers", f"must be in (0, 1), got {self.attackers}")
-        _require(0 < abs(self.attack_scale) < float("inf"), "attack_scale",
-                 f"must be a non-zero finite number, got {self.attack_scale}")
-        _require(0 < self.attack_noise_std < float("inf"), "attack_noise_std",
-                 f"must be positive, got {self.attack_noise_std}")
-        _require(bool(self.attack_trigger.strip()), "attack_trigger", "must not be empty")
-        _require(bool(self.attack_answer.strip()), "attack_answer", "must not be empty")
-        _require(self.attack_eval_prompts >= 1, "attack_eval_prompts",
-                 f"must be at least 1, got {self.attack_eval_prompts}")
 
 
 def parse_codec(spec: str) -> tuple[str, float]:
-    """``--compress`` as (codec, parameter): ``topk:0.1`` -> ("topk", 0.1); others have parameter 0."""
+    """``--compress`` as (codec, parameter): ``topk:0.1`` -> ("topk", 0.1); others have parameter 0.
+    A codec whose server half declares a ``parameter`` takes a share in (0, 1] after a colon."""
     name, _, arg = spec.partition(":")
-    _require(name in CODEC_NAMES, "compress", f"{spec!r} is not one of none, fp16, bf16, int8, topk:K")
-    if name != "topk":
+    codecs = {m.name: getattr(m.half("server"), "parameter", None) for m in registry.methods("codec")}
+    known = ", ".join(["none"] + [f"{n}:{p}" if p else n for n, p in codecs.items()])
+    _require(name == "none" or name in codecs, "compress", f"{spec!r} is not one of {known}")
+    if not codecs.get(name):
         _require(not arg, "compress", f"{name} takes no parameter, got {spec!r}")
         return name, 0.0
     try:
         share = float(arg)
     except ValueError:
         share = float("nan")
-    _require(0 < share <= 1, "compress", f"topk:K needs the kept share of entries K in (0, 1], got {spec!r}")
+    _require(0 < share <= 1, "compress", f"{name}:{codecs[name]} needs the kept share of entries {codecs[name]} "
+             f"in (0, 1], got {spec!r}")
     return name, share
 
 
 @dataclass
 class CommunicationConfig(_Section):
-    """What travels between server and clients (docs/communication.md)."""
+    """What travels between server and clients (docs/communication.md); the codecs are methods
+    (fedit.methods.codecs)."""
 
-    compress: str = _opt("none", "compress client updates (their delta from the global adapter): none, fp16, "
-                         "bf16, int8 (blockwise absmax), topk:K (the share K of largest entries per tensor, "
-                         "with error feedback)")
-    compress_block_size: int = _opt(64, "int8: entries per quantisation block (one float32 scale each)")
+    compress: str = selector("codec", "none", "compress client updates (their delta from the global adapter); "
+                             "topk:K keeps the share K of largest entries per tensor, with error feedback",
+                             none=True, choices=False)
 
     def __post_init__(self) -> None:
-        self._check_types()
+        _Section.__post_init__(self)
         parse_codec(self.compress)
-        _require(self.compress_block_size >= 1, "compress_block_size",
-                 f"must be at least 1, got {self.compress_block_size}")
 
+
+# The run's sections, each with its methods' options appended (fedit.schema.compose), then a section
+# per plugin that keeps its options under its own name.
+LoraConfig = compose("lora", LoraConfig)
+TrainConfig = compose("train", TrainConfig)
+FederationConfig = compose("federation", FederationConfig)
+PrivacyConfig = compose("privacy", PrivacyConfig)
+RobustnessConfig = compose("robustness", RobustnessConfig)
+CommunicationConfig = compose("communication", CommunicationConfig)
 
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelConfig,
@@ -454,20 +329,15 @@ SECTIONS: dict[str, type[_Section]] = {
     "robustness": RobustnessConfig,
     "communication": CommunicationConfig,
 }
+for _name in method_sections():
+    if _name not in SECTIONS:
+        SECTIONS[_name] = compose(_name, dataclasses.make_dataclass(_name.title().replace("_", "") + "Options", [],
+                                                                  bases=(_Section,)))
 
 
-@dataclass
-class Config:
-    """The whole resolved configuration of a run (what ``config.yaml`` holds)."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
-    communication: CommunicationConfig = field(default_factory=CommunicationConfig)
+class _ConfigBase:
+    """The whole resolved configuration of a run (what ``config.yaml`` holds): one field per section
+    of SECTIONS (``Config`` below is this class with those fields)."""
 
     def __post_init__(self) -> None:
         _require(self.federation.concurrent_clients in (None, 1) or self.train.lora_kernel != "peft",
@@ -512,6 +382,11 @@ class Config:
         return Config.from_dict(nested)
 
 
+Config = dataclasses.make_dataclass("Config", [(name, cls, field(default_factory=cls))
+                                               for name, cls in SECTIONS.items()], bases=(_ConfigBase,))
+Config.__module__, Config.__doc__ = __name__, _ConfigBase.__doc__
+
+
 @dataclass
 class DeployConfig(_Section):
     """Settings of a Flower deployment's server side (not part of a run's config.yaml: they
@@ -524,7 +399,7 @@ class DeployConfig(_Section):
     round_timeout: float = _opt(0.0, "seconds a round waits for replies (0: until every node answers)")
 
     def __post_init__(self) -> None:
-        self._check_types()
+        _Section.__post_init__(self)
         _require(self.min_nodes >= 1, "min_nodes", f"must be at least 1, got {self.min_nodes}")
         _require(self.wait_nodes is None or self.wait_nodes >= 1, "wait_nodes",
                  f"must be at least 1, got {self.wait_nodes}")
@@ -547,7 +422,7 @@ class SamplingConfig(_Section):
     system: str | None = _opt(None, "system prompt put before the conversation")
 
     def __post_init__(self) -> None:
-        self._check_types()
+        _Section.__post_init__(self)
         _require(self.temperature >= 0, "temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
         _require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         _require(self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
@@ -564,7 +439,7 @@ class ExportConfig(_Section):
     private: bool = _opt(False, "create the --push-to-hub repo as private")
 
     def __post_init__(self) -> None:
-        self._check_types()
+        _Section.__post_init__(self)
         _require(self.push_to_hub is None or bool(re.fullmatch(r"[\w\-.]+/[\w\-.]+", self.push_to_hub)),
                  "push_to_hub", f"expected a repo id ORG/NAME, got {self.push_to_hub!r}")
 

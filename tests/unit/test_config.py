@@ -171,3 +171,32 @@ def test_version_flag(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("fedit ")
+
+
+def test_method_declarations_stay_light_and_agree_with_their_strategy_classes():
+    """Building every flag imports no torch (the methods' halves load on use), and the class attributes
+    a strategy object still carries for wrappers agree with what its method declares."""
+    import subprocess
+    import sys
+
+    code = "import sys, fedit.cli; fedit.cli.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    from fedit import registry
+    from fedit.server import strategy_class
+
+    for m in registry.methods("strategy"):
+        cls = strategy_class(m.name)
+        assert cls.factor_state == m.capabilities.factor_state, m.name
+        assert cls.needs_full_adapter == m.capabilities.needs_full_adapter, m.name
+        assert bool(cls.needs_each_update) == m.capabilities.needs_each_update, m.name
+
+
+def test_unknown_method_names_are_refused_with_the_known_ones():
+    from fedit.errors import ConfigError
+    from fedit.registry import method
+
+    with pytest.raises(ConfigError, match=r"^unknown defence 'mean' \(known: median, trimmed-mean, krum, multi-krum, "
+                                          r"norm-bound"):
+        method("defence", "mean")
+    with pytest.raises(ConfigError, match=r"^--robust: 'mean' is not one of none, median, trimmed-mean"):
+        Config().override({"robust": "mean"})

@@ -150,3 +150,53 @@ def test_compression_refuses_secure_aggregation():
     with pytest.raises(ConfigError, match="^--compress int8 codes each update .* --secure-aggregation"):
         check_methods(Config().override({"num_clients": 4, "clients_per_round": 3, "compress": "int8",
                                          "secure_aggregation": True}))
+
+
+# -- robust defences and SCAFFOLD's control variates (issue 16, defect 2) ---------------------------
+
+def scaffold_round(robust_name):
+    """One SCAFFOLD round of 3 clients under --robust: two honest variate deltas of 1 and 3, one client
+    claiming 2e5. Returns the server's control variate after the round."""
+    from fedit.client.scaffold import DELTA_C
+
+    cfg = Config().override({"strategy": "scaffold", "robust": robust_name, "num_clients": 3,
+                             "clients_per_round": 3, "krum_f": 0})
+    strat = build_strategy(cfg, 3)
+    x0 = {A: torch.zeros(1, 3), B: torch.zeros(1, 1)}
+    strat.configure_train(1, x0)
+    ups = [ClientUpdate(i, {A: torch.full((1, 3), v), B: torch.zeros(1, 1)}, 5, {"train_loss": 1.0},
+                        {DELTA_C: {A: torch.full((1, 3), dc), B: torch.zeros(1, 1)}})
+           for i, (v, dc) in enumerate(((1.0, 1.0), (2.0, 3.0), (3.0, 2e5)))]
+    strat.aggregate_train(1, x0, ups)
+    inner = strat
+    while hasattr(inner, "inner"):
+        inner = inner.inner
+    return inner.control
+
+
+def test_robust_median_also_governs_scaffolds_control_variates():
+    """Before the fix the median kept the adapter in place while the liar's 2e5 went into c unchecked
+    (c = (1 + 3 + 2e5) / 3); now c = 3 clients x median(1, 3, 2e5) / N = 3 * 3 / 3 = 3."""
+    control = scaffold_round("median")
+    assert torch.equal(control[A], torch.full((1, 3), 3.0)) and torch.equal(control[B], torch.zeros(1, 1))
+
+
+def test_robust_trimmed_mean_also_governs_scaffolds_control_variates():
+    control = scaffold_round("trimmed-mean")      # trim 0 of 3 at ratio 0.2: the mean of all three
+    assert torch.allclose(control[A], torch.full((1, 3), (1 + 3 + 2e5) / 3))
+
+
+def test_krum_keeps_or_drops_a_replys_control_variate_with_it():
+    control = scaffold_round("krum")                   # f = 0: the one reply closest to the others
+    assert control[A].max().item() < 10
+
+
+def test_norm_bound_with_scaffold_is_refused_naming_both_flags():
+    from fedit.server.build import check_methods
+
+    cfg = Config().override({"strategy": "scaffold", "robust": "norm-bound", "num_clients": 3,
+                             "clients_per_round": 3})
+    with pytest.raises(ConfigError) as err:
+        check_methods(cfg)
+    assert str(err.value) == ("--robust norm-bound bounds each client's adapter update but not the scaffold_dc "
+                              "that --strategy scaffold aggregates beside it: drop one of them")

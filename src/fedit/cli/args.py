@@ -13,6 +13,7 @@ import typing
 from typing import Any, Callable, Sequence
 
 from fedit.config import SECTIONS, Config, flag, load_config, preset_fields
+from fedit.schema import option_groups
 
 logger = logging.getLogger("fedit")
 
@@ -73,16 +74,17 @@ def shown_defaults(preset: str | None) -> dict[str, str]:
 
 def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None,
                      sections: dict[str, type] | None = None, preset: str | None = DEFAULT_PRESET) -> None:
-    """One flag per config field (all fields, or just ``names``), grouped by section; ``sections``
+    """One flag per config field (all fields, or just ``names``): a group per section for the run's
+    own fields and one per method for its options (a plugin's like a built-in's); ``sections``
     defaults to the run config's (fedit.config.SECTIONS). ``--help`` shows the defaults of
     ``preset``, the preset the command starts from without --config (None: the fields' own)."""
     shown = shown_defaults(preset) if sections is None else {}
-    for section, cls in (SECTIONS if sections is None else sections).items():
+    for title, all_fields, cls in option_groups(SECTIONS if sections is None else sections):
         hints = typing.get_type_hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if names is None or f.name in names]
+        fields = [f for f in all_fields if names is None or f.name in names]
         if not fields:
             continue
-        group = parser.add_argument_group(f"{section} options")
+        group = parser.add_argument_group(title)
         for f in fields:
             help_text = f"{f.metadata['help']} (default: {shown.get(f.name, f.default)})"
             kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}

@@ -4,7 +4,8 @@ The server's strategy builds a :class:`ClientJob` per sampled client; every runn
 (in-process call, Flower message) to :func:`run_job`, the one function that trains a client.
 Method-specific client settings travel as keys of ``job.config`` (plain scalars, so they fit a
 Flower ``ConfigRecord``) and tensors as ``job.arrays``; a new client-side knob is one entry in
-:data:`CLIENT_KEYS` plus the code that reads it, not a parameter threaded through every layer.
+:data:`CLIENT_KEYS` (derived from the methods' declarations) plus the code that reads it, not a
+parameter threaded through every layer.
 
 A client may keep state between the rounds it takes part in (SCAFFOLD's control variate, the
 error feedback of compressed updates): ``run_job`` takes and returns that ``client_state``; the
@@ -14,18 +15,20 @@ simulation keeps it per client (and checkpoints it), a Flower node keeps it in i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from fedit.client.scaffold import scaffold_correction
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
 from fedit.errors import ConfigError
 from fedit.model import AdapterState
-from fedit.registry import CLIENT_TRANSFORMS, load
+from fedit.methods.base import ClientKey, Method
+from fedit.methods.codecs.common import codec_client
+from fedit.registry import all_methods
 from fedit.schedules import SCHEDULES, step_lr
 
 Scalar = bool | int | float | str
@@ -76,38 +79,43 @@ class PooledUpdate(ClientUpdate):
     round_metrics: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ClientKey:
-    type: type
-    help: str
-
-
-# Every key a client understands in job.config. Unknown keys are refused (a client older than its
-# server must not silently ignore a method's setting).
-CLIENT_KEYS: dict[str, ClientKey] = {
-    "proximal_mu": ClientKey(float, "FedProx: weight of the proximal term mu/2 ||w - w_global||^2"),
+# The run's own keys of job.config; every method adds its own (fedit.methods: its options marked
+# ``client=`` and its ``client_keys``), so a new method's knob is declared once, in its own module.
+RUN_KEYS: dict[str, ClientKey] = {
     "lr": ClientKey(float, "local learning rate of this round (overrides --lr)"),
     "local_steps": ClientKey(int, "optimizer steps of this round (overrides --local-steps/--local-epochs)"),
     "lora_rank": ClientKey(int, "rank of the adapter this client trains, at most the global --lora-r "
                                 "(heterogeneous clients; default: the global adapter's)"),
     "lora_targets": ClientKey(str, "modules this client adapts, within the global adapter's: all-linear or a "
                                    "comma list (default: all of the global adapter's)"),
-    "dp_clip": ClientKey(float, "DP-FedAvg: clip the update (trained - global adapter) to this L2 norm"),
-    "dp_noise": ClientKey(float, "DP-FedAvg local mode: add N(0, (dp_noise * dp_clip)^2) to the clipped update"),
-    "dp_noise_seed": ClientKey(int, "DP-FedAvg local mode: fixed seed of the client's noise (experiments only)"),
     # A per-step learning-rate schedule across the federation (fedit.server.scheduled, unit "step"):
     # lr is then the peak and the client follows fedit.schedules.step_lr over its own steps.
     "lr_schedule": ClientKey(str, "per-step schedule shape (constant, cosine, linear); lr is its peak"),
     "lr_warmup_steps": ClientKey(int, "per-step schedule: warmup length in local steps"),
     "lr_total_rounds": ClientKey(int, "per-step schedule: the rounds the schedule spans"),
-    "scaffold": ClientKey(bool, "SCAFFOLD: correct every step's gradient by c - c_i (c in the job's "
-                          "'scaffold_c' array, c_i in the client state) and send the variate delta back"),
-    "compress": ClientKey(str, "code the update's delta: fp16, bf16, int8, topk:K (fedit.comm.compress)"),
-    "compress_block_size": ClientKey(int, "int8: entries per quantisation block"),
-    "attack": ClientKey(str, "simulation only: this client is malicious (scale, sign-flip, noise; fedit.attacks)"),
-    "attack_scale": ClientKey(float, "attack scale: factor on the update's delta"),
-    "attack_noise_std": ClientKey(float, "attack noise: std of the Gaussian noise added to every coordinate"),
 }
+CODEC_KEY = ClientKey(str, "code the update's delta with this codec: fp16, bf16, int8, topk:K (fedit.comm.compress)")
+
+
+def client_half(method: Method) -> Any:
+    """A method's client half (a codec without its own gets the generic coder for its name)."""
+    if method.client is None and method.kind == "codec":
+        return codec_client(method.name)()
+    return method.half("client")
+
+
+def method_keys() -> dict[str, ClientKey]:
+    keys: dict[str, ClientKey] = {}
+    for method in all_methods():
+        keys.update(method.all_client_keys())
+        if method.kind == "codec":
+            keys["compress"] = CODEC_KEY
+    return keys
+
+
+# Every key a client understands in job.config. Unknown keys are refused (a client older than its
+# server must not silently ignore a method's setting).
+CLIENT_KEYS: dict[str, ClientKey] = {**RUN_KEYS, **method_keys()}
 
 
 def check_client_config(config: Mapping[str, Any]) -> None:
@@ -174,8 +182,26 @@ def step_schedule(job: ClientJob) -> Callable[[int, int], float] | None:
 # The client state is this job's own copy (what run_job returns): a correction that learns
 # something during training (SCAFFOLD's gradient mean) leaves it there for a client transform.
 CorrectionBuilder = Callable[[ClientJob, torch.device, ClientState], Correction | None]
-# The builders, applied in this order (SCAFFOLD first: its gradient mean is of the data loss alone).
-CORRECTIONS: list[CorrectionBuilder] = [scaffold_correction, proximal_correction]
+# The methods' client halves in registry order (kind, then method): their corrections, and their
+# transforms of the update after training (strategy, privacy, attack, codec: what leaves the client
+# is what is coded). Each reads its own keys of the job's client config and is a no-op without them.
+@functools.lru_cache(maxsize=1)
+def client_halves() -> tuple[Any, ...]:
+    return tuple(half for m in all_methods() if (half := client_half(m)) is not None)
+
+
+def job_corrections(job: ClientJob, device: torch.device, state: ClientState) -> list[Correction]:
+    """The corrections this job asks for, in registry order (SCAFFOLD's sees the data loss alone)."""
+    builders = [h.correction for h in client_halves() if hasattr(h, "correction")]
+    return [c for build in builders if (c := build(job, device, state)) is not None]
+
+
+def transform_update(update: ClientUpdate, job: ClientJob, state: ClientState) -> ClientUpdate:
+    """The update after every method's client-side transform (run_job and the fused path alike)."""
+    for half in client_halves():
+        if hasattr(half, "transform"):
+            update = half.transform(update, job, state)
+    return update
 
 
 def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train: TrainConfig, *,
@@ -188,10 +214,8 @@ def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train
     """
     check_client_config(job.config)
     state: ClientState = dict(client_state or {})
-    corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device, state)) is not None]
+    corrections = job_corrections(job, trainer.device, state)
     update = trainer.fit(job.state, examples, job_train_config(train, job.config), seed=seed,
                          round_idx=job.round, client_id=job.client_id, corrections=corrections,
                          on_step=on_step, lora=job_lora(job.config), lr_at_step=step_schedule(job))
-    for path in CLIENT_TRANSFORMS.values():
-        update = load(path)(update, job, state)
-    return update, state
+    return transform_update(update, job, state), state

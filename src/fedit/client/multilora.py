@@ -28,12 +28,11 @@ import torch
 
 from fedit.client.batching import loss_token_count, plan_steps
 from fedit.client.fused import micro_batch_losses, why_unsupported
-from fedit.client.job import (CORRECTIONS, ClientJob, ClientState, ClientUpdate, Correction, check_client_config,
-                              job_lora, job_train_config, step_schedule)
+from fedit.client.job import (ClientJob, ClientState, ClientUpdate, Correction, check_client_config, job_corrections,
+                              job_lora, job_train_config, step_schedule, transform_update)
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
 from fedit.model import adapter_parameters, check_adapter_state
-from fedit.registry import CLIENT_TRANSFORMS, load
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +251,7 @@ def run_jobs(trainer, jobs: Sequence[ClientJob], datas: Sequence[Sequence[Tokeni
     for job, data in zip(jobs, datas):
         check_client_config(job.config)
         state: ClientState = dict(client_states.get(job.client_id) or {})
-        corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device, state)) is not None]
+        corrections = job_corrections(job, trainer.device, state)
         callback = None if on_step is None else (lambda s, t, loss, cid=job.client_id: on_step(cid, s, t, loss))
         runs.append(ClientRun(job.client_id, job.round, job.state, data, job_train_config(train, job.config),
                               corrections, callback, step_schedule(job)))
@@ -260,7 +259,5 @@ def run_jobs(trainer, jobs: Sequence[ClientJob], datas: Sequence[Sequence[Tokeni
     updates = train_clients(trainer, runs, seed=seed)
     out = []
     for job, update, state in zip(jobs, updates, states):
-        for path in CLIENT_TRANSFORMS.values():
-            update = load(path)(update, job, state)
-        out.append((update, state))
+        out.append((transform_update(update, job, state), state))
     return out

@@ -77,7 +77,7 @@ def scaffold_correction(job: ClientJob, device: torch.device,
 
 
 def scaffold_variates(update: ClientUpdate, job: ClientJob, state: dict[str, Any]) -> ClientUpdate:
-    """After training (a client transform, fedit.registry.CLIENT_TRANSFORMS): c_i+ = mean step
+    """After training (the client half of fedit.methods.strategies.scaffold): c_i+ = mean step
     gradient into the client state, delta_c_i = c_i+ - c_i into ``update.arrays``."""
     sums = state.pop(GRAD_SUM, None)
     if not job.config.get(CONFIG_KEY) or sums is None:

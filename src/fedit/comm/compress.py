@@ -27,6 +27,7 @@ from fedit.comm.codecs import decode, encode
 from fedit.config import Config, parse_codec
 from fedit.errors import UpdateError
 from fedit.model import AdapterState
+from fedit.registry import method
 from fedit.server.strategy import Strategy, StrategyWrapper
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def compress_update(update: ClientUpdate, job: ClientJob, client_state: ClientSt
         return update
     codec, share = parse_codec(spec)
     block = int(job.config.get("compress_block_size", 64))
-    residual = client_state.get(RESIDUAL, {}) if codec == "topk" else {}
+    feedback = method("codec", codec).capabilities.client_state   # top-k's error feedback
+    residual = client_state.get(RESIDUAL, {}) if feedback else {}
     main: AdapterState = {}
     aux: AdapterState = {}
     kept: AdapterState = {}
@@ -53,12 +55,24 @@ def compress_update(update: ClientUpdate, job: ClientJob, client_state: ClientSt
         main[key], extra = encode(codec, delta, share=share, block=block)
         if extra is not None:
             aux[key] = extra
-        if codec == "topk":
+        if feedback:
             kept[key] = delta - decode(codec, main[key], extra, delta.shape)
-    if codec == "topk":
+    if feedback:
         client_state[RESIDUAL] = kept
     arrays = {**update.arrays, AUX: aux} if aux else dict(update.arrays)
     return dataclasses.replace(update, state=main, arrays=arrays)
+
+
+class CodecClient:
+    """A codec's client half: codes the update when the job asks for this codec (every codec gets one)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def transform(self, update: ClientUpdate, job: ClientJob, client_state: ClientState) -> ClientUpdate:
+        if str(job.config.get("compress", "none")).partition(":")[0] != self.name:
+            return update
+        return compress_update(update, job, client_state)
 
 
 def decode_update(job: ClientJob, update: ClientUpdate, codec: str, block: int) -> ClientUpdate:
@@ -105,7 +119,7 @@ class Compression(StrategyWrapper):
 
 
 def wrap(strategy: Strategy, cfg: Config) -> Strategy:
-    """registry.WRAPPERS entry: Compression around ``strategy`` when ``--compress`` is set."""
+    """Compression around ``strategy`` when ``--compress`` is set (fedit.server.build)."""
     comm = cfg.communication
     if comm.compress == "none":
         return strategy

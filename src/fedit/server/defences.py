@@ -1,45 +1,41 @@
 """``--robust``: robust aggregation as a wrapper around any strategy (docs/robustness.md).
 
-The wrapper decides what the inner strategy (FedAvg, FedAvgM, FedProx...) gets to aggregate:
+The defence itself is a method (fedit.methods.defences: median, trimmed-mean, krum, multi-krum,
+norm-bound, or a plugin's); this wrapper decides, with it, what the inner strategy gets to aggregate:
 
-* ``median`` / ``trimmed-mean``: every update's adapter is replaced by the coordinate-wise robust
-  aggregate of the round, so the inner strategy's weighted mean is that aggregate (its server
-  momentum, if any, still applies); per-client extra tensors pass through untouched.
-* ``krum`` / ``multi-krum``: only the selected updates (1, or m - f) reach the inner strategy;
-  the others are listed in the round record as ``robust_rejected``.
-* ``norm-bound``: every update's delta is clipped to ``--max-update-norm`` (default: the median
-  delta norm of the round) before the inner strategy averages them; clipped clients are listed
-  as ``robust_clipped``, the bound used as ``norm_bound``.
+* a coordinate rule (``combine``: median, trimmed-mean): every update's adapter is replaced by the
+  robust aggregate of the round, so the inner strategy's weighted mean is that aggregate (its server
+  momentum, if any, still applies). The same rule is applied to every side aggregate the strategy
+  declares (SCAFFOLD's control-variate deltas), so no single client moves those either;
+* a selection (``select``: krum, multi-krum keep whole replies, the rest listed as
+  ``robust_rejected``; norm-bound clips each delta, listed as ``robust_clipped``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
 
 from fedit.client.job import ClientUpdate
-from fedit.config import Config, flag
-from fedit.errors import ConfigError
+from fedit.config import Config
 from fedit.model import AdapterState
-from fedit.server.robust import (clip_rows, coordinate_median, flatten_deltas, krum_select, trim_count,
-                                 trimmed_mean, unflatten)
+from fedit.registry import method, methods
+from fedit.server.robust import flatten_deltas, unflatten
 from fedit.server.strategy import Strategy, StrategyWrapper
-
-logger = logging.getLogger(__name__)
 
 
 class RobustAggregation(StrategyWrapper):
     name = "robust"
     needs_each_update = "--robust"   # it reads every client's own update: no secure aggregation
 
-    def __init__(self, inner: Strategy, *, robust: str, trim_ratio: float, krum_f: int,
-                 max_update_norm: float | None) -> None:
+    def __init__(self, inner: Strategy, *, robust: str, side_aggregates: Sequence[str] = (), **options: Any) -> None:
         super().__init__(inner)
-        self.robust, self.trim_ratio, self.krum_f = robust, trim_ratio, krum_f
-        self.max_update_norm = max_update_norm
+        self.robust, self.options = robust, SimpleNamespace(**options)
+        self.rule = method("defence", robust).half("server")
+        self.side_aggregates = tuple(side_aggregates)
 
     def describe(self) -> str:
         return f"{self.robust}({self.inner.describe()})"
@@ -49,47 +45,34 @@ class RobustAggregation(StrategyWrapper):
         # the entries the clients sent (all of them, or B alone under --lora-aggregation ffa)
         reference = {k: global_state[k] for k in updates[0].state}
         deltas = flatten_deltas([u.state for u in updates], reference)
-        extra: dict[str, Any] = {}
-        if self.robust in ("median", "trimmed-mean"):
-            if self.robust == "median":
-                agg = coordinate_median(deltas)
-            else:
-                extra["robust_trimmed"] = trim = trim_count(len(updates), self.trim_ratio)
-                agg = trimmed_mean(deltas, trim)
+        if hasattr(self.rule, "combine"):
+            agg, extra = self.rule.combine(deltas, self)
             robust_state = unflatten(agg, reference)
-            passed = [dataclasses.replace(u, state=robust_state) for u in updates]
-        elif self.robust in ("krum", "multi-krum"):
-            if len(updates) < 2 * self.krum_f + 3:
-                logger.warning("round %d: %d update(s), fewer than 2f+3 = %d: Krum's guarantee does not hold",
-                               round_idx, len(updates), 2 * self.krum_f + 3)
-            keep = 1 if self.robust == "krum" else max(1, len(updates) - self.krum_f)
-            chosen = krum_select(deltas, self.krum_f, keep)
-            passed = [updates[i] for i in chosen]
-            extra["robust_rejected"] = [u.client_id for i, u in enumerate(updates) if i not in chosen]
-        else:  # norm-bound
-            norms = deltas.to(torch.float64).norm(dim=1)
-            bound = self.max_update_norm if self.max_update_norm is not None else \
-                float(coordinate_median(norms[:, None]))
-            clipped, factors = clip_rows(deltas, bound)
-            passed = [dataclasses.replace(u, state=unflatten(clipped[i], reference))
-                      for i, u in enumerate(updates)]
-            extra["norm_bound"] = bound
-            extra["robust_clipped"] = [u.client_id for u, f in zip(updates, factors) if float(f) < 1]
+            side = {key: self._combine_side(key, updates) for key in self.side_aggregates}
+            passed = [dataclasses.replace(u, state=robust_state, arrays={**u.arrays, **side}) if side else
+                      dataclasses.replace(u, state=robust_state) for u in updates]
+        else:
+            passed, extra = self.rule.select(round_idx, list(updates), deltas, reference, self)
         state, metrics = self.inner.aggregate_train(round_idx, global_state, passed)
         return state, {**metrics, **extra}
 
+    def _combine_side(self, key: str, updates: Sequence[ClientUpdate]) -> AdapterState:
+        """The coordinate rule applied to the clients' ``key`` arrays (e.g. SCAFFOLD's delta_c)."""
+        first = updates[0].arrays[key]
+        zeros = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in first.items()}
+        agg, _ = self.rule.combine(flatten_deltas([u.arrays[key] for u in updates], zeros), self)
+        return unflatten(agg, zeros)
+
 
 def wrap(strategy: Strategy, cfg: Config) -> Strategy:
-    """registry.WRAPPERS entry: RobustAggregation around ``strategy`` when ``--robust`` is set."""
+    """RobustAggregation around ``strategy`` when ``--robust`` is set (after the defence's own checks)."""
     rob = cfg.robustness
     if rob.robust == "none":
         return strategy
-    per_round = strategy.clients_per_round
-    if rob.robust in ("krum", "multi-krum") and per_round < 2 * rob.krum_f + 3:
-        raise ConfigError(f"{flag('krum_f')} {rob.krum_f}: --robust {rob.robust} needs at least 2f+3 = "
-                          f"{2 * rob.krum_f + 3} clients per round, the run samples {per_round}")
-    if rob.robust == "trimmed-mean" and trim_count(per_round, rob.trim_ratio) == 0:
-        logger.warning("--trim-ratio %g trims nothing with %d clients per round: the trimmed mean is the mean",
-                       rob.trim_ratio, per_round)
-    return RobustAggregation(strategy, robust=rob.robust, trim_ratio=rob.trim_ratio, krum_f=rob.krum_f,
-                             max_update_norm=rob.max_update_norm)
+    defence = method("defence", rob.robust)
+    if defence.check is not None:
+        defence.check(cfg, strategy.clients_per_round)
+    sides = method("strategy", cfg.federation.strategy).capabilities.side_aggregates
+    options = {f.name: getattr(getattr(cfg, m.option_section), f.name)
+               for m in methods("defence") for f in m.option_fields()}
+    return RobustAggregation(strategy, robust=rob.robust, side_aggregates=sides, **options)

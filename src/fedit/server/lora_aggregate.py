@@ -24,7 +24,9 @@ from typing import Sequence
 
 import torch
 
+from fedit.errors import ConfigError
 from fedit.model import AdapterState
+from fedit.registry import method
 from fedit.server.aggregate import normalized_weights, weighted_mean
 
 A_TAG, B_TAG = ".lora_A.", ".lora_B."
@@ -96,9 +98,11 @@ def _holders(key: str, states: Sequence[AdapterState], weights: Sequence[float])
 
 
 def mean_factors(global_state: AdapterState, states: Sequence[AdapterState],
-                 weights: Sequence[float]) -> AdapterState:
+                 weights: Sequence[float], *, per_component: bool = False) -> AdapterState:
     """factors / zero-pad / ffa: each factor zero-padded to the global shape and averaged over
-    the clients that sent it; a factor no client sent keeps its global value."""
+    the clients that sent it; a factor no client sent keeps its global value. ``per_component``:
+    each rank component (row of A, column of B) moves by its change averaged over the clients that
+    hold it, instead of counting a lower-rank client's missing components as zeros."""
     if all(s.keys() == global_state.keys() and all(s[k].shape == v.shape for k, v in global_state.items())
            for s in states):
         return weighted_mean(states, weights)  # every client trained the whole global adapter: FedAvg
@@ -108,6 +112,9 @@ def mean_factors(global_state: AdapterState, states: Sequence[AdapterState],
         if not tensors:
             out[key] = ref.float()
             continue
+        if per_component and (A_TAG in key or B_TAG in key):
+            out[key] = component_mean(key, ref, tensors, w)
+            continue
         acc = torch.zeros_like(ref, dtype=torch.float32)
         for wk, t in zip(w, tensors):
             acc.add_(pad(key, t, ref), alpha=wk)
@@ -115,19 +122,54 @@ def mean_factors(global_state: AdapterState, states: Sequence[AdapterState],
     return out
 
 
+def component_mean(key: str, ref: torch.Tensor, tensors: Sequence[torch.Tensor], w: Sequence[float]) -> torch.Tensor:
+    """The global factor plus, per rank component, the weighted mean change of the clients holding it."""
+    axis = 0 if A_TAG in key else 1
+    acc = torch.zeros_like(ref, dtype=torch.float32)
+    cover = torch.zeros(ref.shape[axis], dtype=torch.float32)
+    for wk, t in zip(w, tensors):
+        held = t.shape[axis]
+        acc.add_(pad(key, t.float() - truncate(key, ref, held).float(), ref), alpha=wk)
+        cover[:held] += wk
+    shape = (-1, 1) if axis == 0 else (1, -1)
+    return ref.float() + acc / cover.clamp_min(1e-30).view(shape)
+
+
+def factor_rule(global_state: AdapterState, states: Sequence[AdapterState], weights: Sequence[float], *,
+                per_component: bool = False) -> tuple[AdapterState, dict[str, float]]:
+    """The server half of factors, zero-pad and ffa (fedit.methods.aggregation)."""
+    return mean_factors(global_state, states, weights, per_component=per_component), {}
+
+
+def product_rule(global_state: AdapterState, states: Sequence[AdapterState], weights: Sequence[float], *,
+                 per_component: bool = False) -> tuple[AdapterState, dict[str, float]]:
+    """The server half of product-svd, with the share of energy its truncation drops."""
+    new, dropped = mean_products(global_state, states, weights, per_component=per_component)
+    if not dropped:
+        return new, {}
+    return new, {"svd_energy_dropped_mean": sum(dropped) / len(dropped), "svd_energy_dropped_max": max(dropped)}
+
+
 def factor_pairs(state: AdapterState) -> list[tuple[str, str]]:
     """(A key, B key) of every module of a (global) adapter."""
     return [(k, k.replace(A_TAG, B_TAG)) for k in state if A_TAG in k and k.replace(A_TAG, B_TAG) in state]
 
 
-def complete(global_state: AdapterState, state: AdapterState, a_key: str, b_key: str
-             ) -> tuple[torch.Tensor, torch.Tensor] | None:
+def complete(global_state: AdapterState, state: AdapterState, a_key: str, b_key: str, *,
+             from_global: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A client's (A, B) of one module at the global rank, or None if it did not train it; an A
-    it did not send (ffa) is the global one, which its own A is a truncation of."""
+    it did not send (ffa) is the global one, which its own A is a truncation of. ``from_global``:
+    the components it does not hold are the global ones (unchanged), not zeros."""
     if b_key not in state:
         return None
     a = pad(a_key, state[a_key], global_state[a_key]) if a_key in state else global_state[a_key].float()
-    return a, pad(b_key, state[b_key], global_state[b_key])
+    b = pad(b_key, state[b_key], global_state[b_key])
+    held = state[b_key].shape[1]
+    if from_global and held < b.shape[1]:
+        a, b = a.clone(), b.clone()
+        b[:, held:] = global_state[b_key][:, held:].float()
+        a[held:] = global_state[a_key][held:].float()
+    return a, b
 
 
 def product_svd(factors: Sequence[tuple[torch.Tensor, torch.Tensor]], weights: Sequence[float],
@@ -155,12 +197,14 @@ def product_svd(factors: Sequence[tuple[torch.Tensor, torch.Tensor]], weights: S
 
 
 def mean_products(global_state: AdapterState, states: Sequence[AdapterState],
-                  weights: Sequence[float]) -> tuple[AdapterState, list[float]]:
-    """product-svd over every module; also the energy share dropped per aggregated module."""
+                  weights: Sequence[float], *, per_component: bool = False) -> tuple[AdapterState, list[float]]:
+    """product-svd over every module; also the energy share dropped per aggregated module.
+    ``per_component``: a lower-rank client's product keeps the global components it does not hold."""
     out: AdapterState = {k: v.float() for k, v in global_state.items()}
     dropped = []
     for a_key, b_key in factor_pairs(global_state):
-        held = [(f, w) for s, w in zip(states, weights) if (f := complete(global_state, s, a_key, b_key))]
+        held = [(f, w) for s, w in zip(states, weights)
+                if (f := complete(global_state, s, a_key, b_key, from_global=per_component))]
         if not held:
             continue
         rank = global_state[a_key].shape[0]
@@ -200,17 +244,18 @@ def lora_gap(global_state: AdapterState, states: Sequence[AdapterState], weights
 
 
 def aggregate_lora(rule: str, global_state: AdapterState, states: Sequence[AdapterState],
-                   weights: Sequence[float], *, gap: bool = True) -> tuple[AdapterState, dict[str, float]]:
-    """The new global adapter under ``rule`` (``--lora-aggregation``) and the round's LoRA metrics
-    (``gap``: also the LoRA factor-averaging gap, which needs every client's own factors)."""
+                   weights: Sequence[float], *, gap: bool = True,
+                   hetero_rule: str = "paper") -> tuple[AdapterState, dict[str, float]]:
+    """The new global adapter under ``rule`` (``--lora-aggregation``, a registered aggregation method)
+    and the round's LoRA metrics (``gap``: also the LoRA factor-averaging gap, which needs every
+    client's own factors). ``hetero_rule``: ``--hetero-rule`` (paper or per-component)."""
     if not states:
         raise ValueError("nothing to aggregate")
+    try:
+        combine = method("aggregation", rule).half("server")
+    except ConfigError:
+        raise ValueError(f"unknown LoRA aggregation {rule!r}") from None
     metrics = lora_gap(global_state, states, weights) if gap else {}
-    if rule == "product-svd":
-        new, dropped = mean_products(global_state, states, weights)
-        if dropped:
-            metrics.update(svd_energy_dropped_mean=sum(dropped) / len(dropped), svd_energy_dropped_max=max(dropped))
-        return new, metrics
-    if rule in ("factors", "zero-pad", "ffa"):
-        return mean_factors(global_state, states, weights), metrics
-    raise ValueError(f"unknown LoRA aggregation {rule!r}")
+    new, extra = combine(global_state, states, weights, per_component=hetero_rule == "per-component")
+    metrics.update(extra)
+    return new, metrics

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Sequence
 from fedit.client.job import ClientJob, ClientUpdate, PooledUpdate, Scalar
 from fedit.client_lora import ClientLora
 from fedit.model import AdapterState
+from fedit.registry import method
 from fedit.server.aggregate import normalized_weights
 from fedit.server.lora_aggregate import aggregate_lora, client_view
 from fedit.server.sampling import ClientSampler
@@ -40,11 +41,14 @@ class Strategy(ABC):
     needs_each_update: ClassVar[str | None] = None
 
     def __init__(self, *, num_clients: int, clients_per_round: int, seed: int, lora_aggregation: str = "factors",
-                 client_lora: dict[int, ClientLora] | None = None) -> None:
+                 hetero_rule: str = "paper", client_lora: dict[int, ClientLora] | None = None) -> None:
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.sampler = ClientSampler(num_clients, seed)
         self.lora_aggregation = lora_aggregation
+        self.hetero_rule = hetero_rule
+        # clients train and send only part of the adapter (ffa: B alone)
+        self.b_only = method("aggregation", lora_aggregation).capabilities.partial_adapter
         self.client_lora = dict(client_lora or {})
 
     def describe(self) -> str:
@@ -59,7 +63,7 @@ class Strategy(ABC):
     def client_state(self, client_id: int, global_state: AdapterState) -> AdapterState:
         """The part of the global adapter ``client_id`` trains: its rank and modules; B only under ffa."""
         layout = self.client_lora.get(client_id)
-        b_only = self.lora_aggregation == "ffa"
+        b_only = self.b_only
         if layout is None and not b_only:
             return global_state
         if layout is None:
@@ -87,7 +91,7 @@ class Strategy(ABC):
         metrics = train_metrics(updates, weights)
         pooled = any(isinstance(u, PooledUpdate) for u in updates)  # pooled: the factors are not seen
         state, lora_metrics = aggregate_lora(self.lora_aggregation, global_state, [u.state for u in updates], weights,
-                                             gap=not pooled)
+                                             gap=not pooled, hetero_rule=self.hetero_rule)
         metrics.update(lora_metrics)
         return state, metrics
 
