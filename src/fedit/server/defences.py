@@ -79,15 +79,22 @@ class RobustAggregation(StrategyWrapper):
         return state, {**metrics, **extra}
 
 
+def check_round_size(cfg: Config, per_round: int) -> None:
+    """Refuse, in one line, a --robust rule the round's size cannot support (Krum: 2f+3 updates).
+    Runners call it as soon as they know the round's size (a deployment: before any process starts)."""
+    rob = cfg.robustness
+    if rob.robust in ("krum", "multi-krum") and per_round < 2 * rob.krum_f + 3:
+        raise ConfigError(f"{flag('krum_f')} {rob.krum_f}: --robust {rob.robust} needs at least 2f+3 = "
+                          f"{2 * rob.krum_f + 3} clients per round, the run samples {per_round}")
+
+
 def wrap(strategy: Strategy, cfg: Config) -> Strategy:
     """registry.WRAPPERS entry: RobustAggregation around ``strategy`` when ``--robust`` is set."""
     rob = cfg.robustness
     if rob.robust == "none":
         return strategy
     per_round = strategy.clients_per_round
-    if rob.robust in ("krum", "multi-krum") and per_round < 2 * rob.krum_f + 3:
-        raise ConfigError(f"{flag('krum_f')} {rob.krum_f}: --robust {rob.robust} needs at least 2f+3 = "
-                          f"{2 * rob.krum_f + 3} clients per round, the run samples {per_round}")
+    check_round_size(cfg, per_round)
     if rob.robust == "trimmed-mean" and trim_count(per_round, rob.trim_ratio) == 0:
         logger.warning("--trim-ratio %g trims nothing with %d clients per round: the trimmed mean is the mean",
                        rob.trim_ratio, per_round)
