@@ -129,34 +129,36 @@ def test_flower_clients_skip_unlisted_nodes_and_drop_silent_ones(monkeypatch):
 # --- roll call ---------------------------------------------------------------------------------------
 
 def test_colliding_and_out_of_range_indices_leave_out_only_those_nodes():
-    clients, notes = assign_indices({101: 1, 102: 1, 103: 0, 104: 9}, [105])
-    assert clients == {0: 103, 1: 105}
-    assert notes == ["nodes 101, 102 all claim client-index=1: none of them takes part (the server cannot tell "
-                     "which one is misconfigured)",
-                     "node 104 claims client-index=9, but only 3 node(s) take part (indices 0..2): it takes no part"]
+    clients, notes = assign_indices({102: 1, 101: 1, 103: 0, 104: 9}, [105])
+    assert clients == {0: 103, 1: 101, 2: 105}
+    assert notes == ["node 102 also claims client-index=1 of node 101: it takes no part (the lowest node id keeps "
+                     "an index claimed twice)",
+                     "node 104 claims client-index=9, but only 4 node(s) take part (indices 0..3): it takes no part"]
     assert assign_indices({1: 0, 2: 1}, [3]) == ({0: 1, 1: 2, 2: 3}, [])
+    clients, notes = assign_indices({5: 0, 6: 1, 7: 0, 8: 0}, [])   # deploy local: every node pinned
+    assert clients == {0: 5, 1: 6} and notes[0].startswith("nodes 7, 8 also claim client-index=0 of node 5: they")
 
 
 def test_the_roll_call_goes_on_without_the_node_that_claims_another_ones_index(tmp_path, caplog):
-    """Before: 'nodes 7 and 8 both set client-index=0' stopped the run at start."""
+    """Before: 'nodes 7 and 8 both set client-index=0' stopped the run at start, naming both."""
     claims = {6: -1, 7: 0, 8: 0, 9: 1}
 
     def answer(node, msg):
         return RecordDict({wire.CONFIG: ConfigRecord({"client-index": claims[node], "num-examples": 15,
                                                       "error": "", wire.LORA_RANK_KEY: 0, wire.LORA_TARGETS_KEY: ""})})
 
-    cfg = Config().override({"model": "tiny-random", "num_clients": 2, "clients_per_round": 2})
+    cfg = Config().override({"model": "tiny-random", "num_clients": 3, "clients_per_round": 2})
     out = tmp_path / "run"
     out.mkdir()
     server = FlowerServer(ScriptedGrid(list(claims), answer), ServerSettings(cfg, out, False, DeployConfig(min_nodes=2)))
     nodes, sizes = server._roll_call()
-    assert nodes == {0: 6, 1: 9} and sizes == {0: 15, 1: 15}
+    assert nodes == {0: 7, 1: 9, 2: 6} and sizes == {0: 15, 1: 15, 2: 15}
     assert [r.getMessage() for r in caplog.records if "roll call" in r.getMessage()] == [
-        "roll call: nodes 7, 8 all claim client-index=0: none of them takes part (the server cannot tell which "
-        "one is misconfigured)"]
-    assert [r["node_id"] for r in json.loads((out / "nodes.json").read_text())] == [6, 9]
-    server.s.deploy = DeployConfig(min_nodes=3)
-    with pytest.raises(FeditError, match="only 2 node"):
+        "roll call: node 8 also claims client-index=0 of node 7: it takes no part (the lowest node id keeps an "
+        "index claimed twice)"]
+    assert [r["node_id"] for r in json.loads((out / "nodes.json").read_text())] == [7, 9, 6]
+    server.s.deploy = DeployConfig(min_nodes=4)
+    with pytest.raises(FeditError, match="only 3 node"):
         server._roll_call()
 
 

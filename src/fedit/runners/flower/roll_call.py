@@ -5,8 +5,10 @@ node refuses a job for any other index, so a node whose claim cannot be honoured
 re-indexed: it is left out, with one line, and the run goes on with the rest (while --min-nodes
 remain). Left out are:
 
-* every node claiming an index another node claims too (the server cannot tell which one is
-  misconfigured or lying, so neither gets the other's place);
+* every node but one claiming an index another node claims too: the server cannot tell which one
+  is misconfigured or lying, so the node with the lowest node id (assigned by the SuperLink, not
+  chosen by the node) keeps the index; leaving out all of them would leave a gap in 0..n-1 that
+  pushes honest nodes out of range;
 * a node claiming an index beyond the nodes that take part (indices are 0..n-1), checked again
   after each removal, since n shrinks.
 
@@ -31,9 +33,12 @@ def assign_indices(pinned: Mapping[int, int], free: Sequence[int]) -> tuple[dict
         if len(nodes) == 1:
             kept[nodes[0]] = index
             continue
-        names = ", ".join(str(n) for n in sorted(nodes))
-        notes.append(f"nodes {names} all claim client-index={index}: none of them takes part (the server "
-                     "cannot tell which one is misconfigured)")
+        keeper, *others = sorted(nodes)
+        kept[keeper] = index
+        notes.append(f"node{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} also claim"
+                     f"{'' if len(others) > 1 else 's'} client-index={index} of node {keeper}: "
+                     f"{'they take' if len(others) > 1 else 'it takes'} no part (the lowest node id keeps an index "
+                     "claimed twice)")
     while True:
         total = len(kept) + len(free)
         out = sorted((i, n) for n, i in kept.items() if i >= total)
