@@ -5,7 +5,9 @@ with nodes made faulty by the test helper on PYTHONPATH (tests/integration/disho
   sharing: the run finishes, the bad metric is dropped for that node only, the dead node is named
   with its stage and not sent the next round;
 * under --secure-aggregation, a node killed while it trains;
-* a node claiming another node's client-index at the roll call: the run goes on.
+* a node claiming another node's client-index at the roll call: the run goes on;
+* under --secure-aggregation, a node claiming 10**12 records at the roll call weighs what the share
+  limit allows, as without secure aggregation (issue 16, defect 1).
 
 Each starts real processes and waits for the SuperLink to notice a dead node (about a minute): slow.
 """
@@ -84,3 +86,15 @@ def test_a_node_claiming_another_nodes_client_index_does_not_stop_the_run(tmp_pa
     assert len(lines) == 1 and "also claims client-index=0 of node" in lines[0], done.stderr[-3000:]
     assert [r["client"] for r in json.loads((out / "nodes.json").read_text())] == [0, 1]
     assert _records(out, "round")[-1]["round"] == 1
+
+
+@pytest.mark.slow
+def test_secure_aggregation_weighs_a_roll_call_liar_as_plain_fedavg_does(tmp_path: Path) -> None:
+    """Issue 16, defect 1. Before: the secure sum was weighted by the roll-call claims [15, 15, 10**12],
+    so the aggregate was node 2's update alone. Now by the capped, share-limited counts [15, 15, 30]."""
+    out = tmp_path / "run"
+    done = _deploy(out, "2:roll-call-count", "--secure-aggregation", "--rounds", "1", "--min-nodes", "3")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert [r["num_examples"] for r in json.loads((out / "nodes.json").read_text())] == [15, 15, 10**12]
+    assert [(r["client"], r["num_examples"]) for r in _records(out, "client")] == [(0, 15), (1, 15), (2, 30)]
+    assert _records(out, "round")[-1]["num_examples"] == 60

@@ -2,7 +2,7 @@
 
 Put this folder on PYTHONPATH and set FEDIT_TEST_DISHONEST="CLIENT:WHAT,..." (WHAT: ``metric`` sends
 train_loss = [1.0, 2.0], ``inf`` sends train_loss = inf, ``count`` claims 10**12 examples,
-``index=K`` answers the roll call with client-index K, ``die=STAGE`` kills its SuperNode when the
+``index=K`` answers the roll call with client-index K, ``roll-call-count`` with 10**12 records, ``die=STAGE`` kills its SuperNode when the
 SecAgg+ stage STAGE (setup, share_keys, collect_masked_vectors, unmask) reaches it). Python imports
 ``sitecustomize`` at start-up, in every Flower process; once ``fedit.runners.flower.client_app`` is
 imported, its ``update_content`` and ``ConfigRecord`` (looked up at call time by the ``train`` and
@@ -45,6 +45,8 @@ def _patch(module):
         what = PLAN.get(str(answer.get("client-index"))) or ""
         if what.startswith("index="):
             answer = {**answer, "client-index": int(what.split("=")[1])}
+        elif what == "roll-call-count":
+            answer = {**answer, "num-examples": 10**12}
         return real_record(answer)
 
     module.ConfigRecord = roll_call_record
