@@ -531,7 +531,8 @@ class DeployConfig(_Section):
         _require(self.wait_nodes is None or self.wait_nodes >= 1, "wait_nodes",
                  f"must be at least 1, got {self.wait_nodes}")
         _require(self.node_timeout > 0, "node_timeout", f"must be positive, got {self.node_timeout}")
-        _require(self.round_timeout >= 0, "round_timeout", f"must be >= 0 (0: derived from the first reply), got {self.round_timeout}")
+        _require(self.round_timeout >= 0, "round_timeout",
+                 f"must be >= 0 (0: derived from the first reply), got {self.round_timeout}")
 
     @property
     def nodes_to_wait_for(self) -> int:

@@ -6,8 +6,8 @@ Flower's ``secaggplus_mod`` and ``SecAggPlusWorkflow`` (:mod:`fedit.privacy.seca
 quantise with stochastic rounding, sum modulo 2^32, dequantise, divide by the summed weights. The
 rounding draws from a generator seeded by (--seed, round, client), so a run and its ``--resume``
 stay bit-identical. Each client is weighted by its partition size, capped and share-limited as the
-round loop caps plain replies (:func:`fedit.privacy.secagg.round_counts`). The round record gets the bytes and messages the real protocol would send
-(:mod:`fedit.privacy.secagg_cost`). The simulation is one process: this shows the protocol's
+round loop caps plain replies (:func:`fedit.privacy.secagg.round_counts`). The round record gets
+the bytes and messages the real protocol would send (:mod:`fedit.privacy.secagg_cost`). The simulation is one process: this shows the protocol's
 effect on the model and its cost; the confidentiality is the Flower deployment's.
 """
 

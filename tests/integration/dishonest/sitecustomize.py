@@ -2,9 +2,9 @@
 
 Put this folder on PYTHONPATH and set FEDIT_TEST_DISHONEST="CLIENT:WHAT,..." (WHAT: ``metric`` sends
 train_loss = [1.0, 2.0], ``inf`` sends train_loss = inf, ``count`` claims 10**12 examples,
-``index=K`` answers the roll call with client-index K, ``roll-call-count`` with 10**12 records, ``die=STAGE`` kills its SuperNode when the
-SecAgg+ stage STAGE (setup, share_keys, collect_masked_vectors, unmask) reaches it). Python imports
-``sitecustomize`` at start-up, in every Flower process; once ``fedit.runners.flower.client_app`` is
+``index=K`` answers the roll call with client-index K, ``roll-call-count`` with 10**12 records,
+``die=STAGE`` kills its SuperNode when the SecAgg+ stage STAGE (setup, share_keys,
+collect_masked_vectors, unmask) reaches it). Python imports ``sitecustomize`` at start-up, in every Flower process; once ``fedit.runners.flower.client_app`` is
 imported, its ``update_content`` and ``ConfigRecord`` (looked up at call time by the ``train`` and
 ``query`` handlers) and Flower's ``secaggplus_mod`` are wrapped to tamper with the chosen clients'
 replies, exactly as a node altering only its own replies would. CLIENT is the node's client-index.
