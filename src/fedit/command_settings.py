@@ -19,7 +19,9 @@ class DeployConfig(_Section):
     wait_nodes: int | None = _opt(None, "nodes to wait for before round 1 (default: --min-nodes; "
                                   "deploy local: every --node-data node)")
     node_timeout: float = _opt(300.0, "seconds to wait for the nodes to connect and answer the roll call")
-    round_timeout: float = _opt(0.0, "seconds a round waits for replies (0: until every node answers)")
+    round_timeout: float = _opt(0.0, "seconds a round (each secure-aggregation stage) waits for replies; 0: "
+                                "derived from the round: once the first reply came after t s, the others get "
+                                "max(300, 3t) s more; a line every 60 s names the nodes awaited")
 
     def __post_init__(self) -> None:
         _Section.__post_init__(self)
@@ -27,7 +29,8 @@ class DeployConfig(_Section):
         _require(self.wait_nodes is None or self.wait_nodes >= 1, "wait_nodes",
                  f"must be at least 1, got {self.wait_nodes}")
         _require(self.node_timeout > 0, "node_timeout", f"must be positive, got {self.node_timeout}")
-        _require(self.round_timeout >= 0, "round_timeout", f"must be >= 0 (0: no limit), got {self.round_timeout}")
+        _require(self.round_timeout >= 0, "round_timeout",
+                 f"must be >= 0 (0: derived from the first reply), got {self.round_timeout}")
 
     @property
     def nodes_to_wait_for(self) -> int:

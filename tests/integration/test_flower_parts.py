@@ -137,7 +137,7 @@ def test_node_keys_are_created_private(tmp_path: Path, monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("flags, message", [
     (["--min-nodes", "0"], "--min-nodes: must be at least 1, got 0"),
-    (["--round-timeout", "-1"], "--round-timeout: must be >= 0 (0: no limit), got -1.0"),
+    (["--round-timeout", "-1"], "--round-timeout: must be >= 0 (0: derived from the first reply), got -1.0"),
     (["--device", "cuda"], "--device cuda: no CUDA device is available (use --device cpu or auto)"),
     (["--model", "./no/such/model"], "--model ./no/such/model: no such file or folder"),
     (["--resume"], "holds no fedit run to resume"),

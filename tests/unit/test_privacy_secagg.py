@@ -84,6 +84,9 @@ class InProcessGrid:
     def pull_messages(self, ids):
         return [self.pending.pop(i) for i in ids if i in self.pending]
 
+    def get_node_ids(self):
+        return list(self.contexts)
+
 
 def node_app(updates: dict[int, dict[str, torch.Tensor]], fail: int | None = None) -> ClientApp:
     """A ClientApp with fedit's SecAgg+ mod whose train handler 'trains' to global + a fixed delta."""
@@ -150,7 +153,7 @@ def test_a_dropout_within_the_threshold_costs_only_that_client():
     replies, _ = run_flower(cfg, upd, fail=1)
     pooled, failure = replies
     assert isinstance(failure, ClientFailure) and failure.client_id == 1
-    assert "dropped out of secure aggregation" in failure.reason and "node crashed while training" in failure.reason
+    assert "lost during training of secure aggregation" in failure.reason and "node crashed while training" in failure.reason
     exact = {k: (10 * upd[0][k].double() + 30 * upd[2][k].double()) / 40 for k in GLOBAL}
     params = secagg.round_params(cfg, 3, list(SIZES.values()))
     for k in GLOBAL:
@@ -163,7 +166,10 @@ def test_below_the_threshold_the_round_has_no_aggregate():
     cfg = config(secagg_threshold=3)                                  # every share needed: no dropout allowed
     replies, _ = run_flower(cfg, deltas(), fail=2)
     assert all(isinstance(r, ClientFailure) for r in replies) and len(replies) == 3
-    assert "secure aggregation halted, fewer than --secagg-threshold 3 of the 3 shares left" in replies[0].reason
+    assert replies[0].reason == ("client 0 (node 1000000000000000000): secure aggregation halted during training: "
+                                 "2 of the 3 nodes of the round still answer, fewer than --secagg-threshold 3")
+    assert replies[2].reason.startswith("client 2 (node 1000000000000000014): lost during training of secure "
+                                        "aggregation (RuntimeError: node crashed while training); secure")
 
 
 def on_grid(updates) -> dict[int, dict[str, torch.Tensor]]:

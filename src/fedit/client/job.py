@@ -76,6 +76,7 @@ class PooledUpdate(ClientUpdate):
     weighting: str = "examples"                   # "examples" (FedAvg) or "equal" (DP-FedAvg)
     member_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     member_examples: dict[int, int] = field(default_factory=dict)
+    member_claims: dict[int, int] = field(default_factory=dict)   # each member's own claimed count
     round_metrics: dict[str, Any] = field(default_factory=dict)
 
 

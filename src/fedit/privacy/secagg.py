@@ -92,6 +92,19 @@ def client_weight(num_examples: int, cfg: Config) -> int:
     return 1 if cfg.privacy.dp else int(num_examples)
 
 
+def round_counts(client_ids: Sequence[int], sizes: Mapping[int, int], cfg: Config) -> dict[int, int]:
+    """{client: the count the secure sum weights it by}: the record counts the server knows (the
+    simulation's partitions, the Flower roll call), capped and share-limited exactly as the round
+    loop caps the counts of plain replies (fedit.server.trust), so that secure aggregation gives a
+    node claiming 10**12 records no more weight than plain FedAvg does."""
+    from fedit.server.trust import trusted_counts
+
+    rob = cfg.robustness
+    claims = {cid: max(1, int(sizes.get(cid) or 1)) for cid in client_ids}
+    return trusted_counts(claims, {c: n for c, n in sizes.items() if n}, rob.max_client_examples,
+                          rob.max_client_share)
+
+
 def stochastic_round(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Flower's ``_stochastic_round`` (quantization.py), drawing from ``rng`` instead of the global
     NumPy RNG: ceil, then down by one with probability ceil(x) - x."""
@@ -189,25 +202,53 @@ def fitres_metrics(update, clipped: int) -> dict[str, Any]:
 
 
 def pooled_update(job, mean: Sequence[np.ndarray], members: Sequence[tuple[int, Mapping[str, Any]]], cfg: Config,
-                  round_metrics: dict[str, Any]):
+                  round_metrics: dict[str, Any], counts: Mapping[int, int] | None = None,
+                  names: Mapping[int, str] | None = None):
     """The one reply a secure round yields: the global adapter plus the unmasked mean update,
-    standing for ``members`` ((client, the metrics it reported in the clear), in job order)."""
+    standing for ``members`` ((client, the metrics it reported in the clear), in job order),
+    each counted as ``counts`` (what the secure sum weighted it by, :func:`round_counts`; its
+    own claim is kept in ``member_claims``). A member's clear-text metrics are checked like a
+    plain reply's: bad ones are dropped (that member's only, named by ``names``), the sum stays."""
     import torch
 
     from fedit.client.job import ClientUpdate
     from fedit.server.strategy import pool_updates
 
     state = {k: job.state[k].float() + torch.from_numpy(np.asarray(a)).float() for k, a in zip(job.state, mean)}
-    replies = []
+    replies, claims, clipped = [], {}, 0
     for cid, metrics in members:
         metrics = dict(metrics)
-        examples = int(metrics.pop("fedit.num-examples"))
-        metrics.pop("fedit.secagg-clipped", None)
-        replies.append(ClientUpdate(cid, {}, examples, metrics))
+        claims[cid] = metrics.pop("fedit.num-examples", None)
+        clipped += _count(metrics.pop("fedit.secagg-clipped", 0))
+        metrics = member_metrics(cid, metrics, claims[cid], names.get(cid, f"client {cid}") if names else None)
+        replies.append(ClientUpdate(cid, {}, counts[cid] if counts else _count(claims[cid]) or 1, metrics))
     pooled = pool_updates(replies, state, "equal" if cfg.privacy.dp else "examples")
-    clipped = sum(int(m.get("fedit.secagg-clipped", 0)) for _, m in members)
+    pooled.member_claims = {cid: n for cid, n in claims.items() if _count(n)}
     pooled.round_metrics = {**round_metrics, "secagg_clipped_values": clipped}
     if clipped:
         logger.warning("secure aggregation clipped %d update coordinate(s) to +-%g before quantisation: raise "
                        "--secagg-clipping-range", clipped, clipping_range(cfg))
     return pooled
+
+
+def _count(value: Any) -> int:
+    """A reported count as an int (0 when it is not a non-negative int)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def member_metrics(cid: int, metrics: dict[str, Any], claim: Any, name: str | None) -> dict[str, Any]:
+    """A member's clear-text metrics if they pass the checks of a plain reply, else {} and one
+    warning naming that member (its masked update is already in the sum and stays there)."""
+    from fedit.errors import UpdateError
+    from fedit.server.checks import check_metrics
+
+    try:
+        if not _count(claim):
+            raise UpdateError(f"client {cid}: fedit.num-examples is {claim!r}, expected a positive int")
+        check_metrics(cid, metrics)
+    except UpdateError as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        logger.warning("dropping the clear-text metrics of %s: %s; its update stays in the secure sum",
+                       name or f"client {cid}", reason)
+        return {}
+    return metrics

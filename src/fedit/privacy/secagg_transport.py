@@ -5,8 +5,9 @@ The clients train as usual (in this process); their updates then go through the 
 Flower's ``secaggplus_mod`` and ``SecAggPlusWorkflow`` (:mod:`fedit.privacy.secagg`): weight,
 quantise with stochastic rounding, sum modulo 2^32, dequantise, divide by the summed weights. The
 rounding draws from a generator seeded by (--seed, round, client), so a run and its ``--resume``
-stay bit-identical. The round record gets the bytes and messages the real protocol would send
-(:mod:`fedit.privacy.secagg_cost`). The simulation is one process: this shows the protocol's
+stay bit-identical. Each client is weighted by its partition size, capped and share-limited as the
+round loop caps plain replies (:func:`fedit.privacy.secagg.round_counts`). The round record gets
+the bytes and messages the real protocol would send (:mod:`fedit.privacy.secagg_cost`). The simulation is one process: this shows the protocol's
 effect on the model and its cost; the confidentiality is the Flower deployment's.
 """
 
@@ -38,7 +39,8 @@ class SimulatedSecureAggregation:
     def train(self, jobs: Sequence[ClientJob]) -> list:
         if any(job.arrays for job in jobs):
             raise ConfigError("--secure-aggregation sums adapters only: this strategy sends clients extra tensors")
-        weights = [secagg.client_weight(self.sizes[job.client_id], self.cfg) for job in jobs]
+        counts = secagg.round_counts([job.client_id for job in jobs], dict(enumerate(self.sizes)), self.cfg)
+        weights = [secagg.client_weight(counts[job.client_id], self.cfg) for job in jobs]
         params = secagg.round_params(self.cfg, len(jobs), weights)
         replies = self.inner.train(jobs)
         done = [(job, w, r) for job, w, r in zip(jobs, weights, replies) if isinstance(r, ClientUpdate)]
@@ -57,7 +59,7 @@ class SimulatedSecureAggregation:
         shapes = [tuple(v.shape) for v in jobs[0].state.values()]
         cost = round_cost(params, shapes, fitins, metrics)
         members = [(r.client_id, m) for (_, _, r), m in zip(done, metrics)]
-        return [secagg.pooled_update(done[0][0], mean, members, self.cfg, cost), *failures]
+        return [secagg.pooled_update(done[0][0], mean, members, self.cfg, cost, counts), *failures]
 
     def state_dict(self) -> dict[str, Any]:
         return self.inner.state_dict()

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -75,7 +76,13 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int = 2, adapter_conf
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of an error, without torch's advice to load an unsafe file unsafely (its
+    "Weights only load failed ... weights_only=False" text): what was refused, and why."""
     text = str(exc).strip()
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = f"an object of type {found.group(1)}" if found else "an object that is not a tensor or a plain value"
+        return f"it holds {what}, which fedit never writes (a checkpoint holds tensors and plain values only)"
     return text.splitlines()[0] if text else type(exc).__name__
 
 

@@ -35,11 +35,12 @@ from fedit.fileio import atomic_write_text
 from fedit.model import AdapterState, check_adapter_state
 from fedit.progress import Progress
 from fedit.runners.checkpoint import Checkpoint
+from fedit.runners.round_log import client_entry, round_summary
 from fedit.runners.rundir import RunDir
 from fedit.server import Strategy
 from fedit.server.checks import check_update, is_finite_state, update_norm
 from fedit.server.strategy import member_ids
-from fedit.server.trust import trusted_counts
+from fedit.server.trust import dominant_outliers, trusted_counts
 
 logger = logging.getLogger(__name__)
 
@@ -188,20 +189,20 @@ class Federation:
         single = [u for u in good if not isinstance(u, PooledUpdate)]
         counts = trusted_counts({u.client_id: u.num_examples for u in single}, self.known_examples,
                                 rob.max_client_examples, rob.max_client_share)
-        weighed = []
+        weighed, norms = [], {}
         for u in good:
-            if isinstance(u, PooledUpdate):
+            if isinstance(u, PooledUpdate):  # weighted inside the secure sum by capped counts (round_counts)
                 for cid in u.client_ids:
-                    logs[cid] = {"type": "client", "round": round_idx, "client": cid,
-                                 "num_examples": u.member_examples.get(cid), "metrics": dict(u.member_metrics.get(cid, {}))}
+                    logs[cid] = client_entry(round_idx, cid, u.member_examples.get(cid), u.member_claims.get(cid),
+                                             u.member_metrics.get(cid, {}))
                 weighed.append(u)
                 continue
-            entry = {"type": "client", "round": round_idx, "client": u.client_id, "num_examples": counts[u.client_id]}
-            if counts[u.client_id] != u.num_examples:
-                entry["claimed_examples"] = u.num_examples
-            entry["update_norm"] = update_norm(sent[u.client_id].state, u.state)
-            logs[u.client_id] = {**entry, "metrics": dict(u.metrics)}
+            norms[u.client_id] = update_norm(sent[u.client_id].state, u.state)
+            logs[u.client_id] = client_entry(round_idx, u.client_id, counts[u.client_id], u.num_examples, u.metrics,
+                                             norms[u.client_id])
             weighed.append(dataclasses.replace(u, num_examples=counts[u.client_id]))
+        for line in dominant_outliers({u.client_id: u.num_examples for u in single}, counts, norms):
+            logger.warning("round %d: %s", round_idx, line)
         return weighed
 
     def _traffic(self, jobs: Sequence[ClientJob], replies: Sequence[Reply]) -> dict[str, int]:
@@ -230,11 +231,6 @@ class Federation:
                              "--lr, or a robust aggregator)") from None
 
 
-def _num(value: Any, spec: str) -> str:
-    """A logged number (None where metrics.jsonl holds a non-finite value)."""
-    return format(value, spec) if isinstance(value, (int, float)) else "n/a"
-
-
 def _reply_bytes(update: ClientUpdate, cache: dict) -> int:
     try:
         return update_payload_bytes(update, cache)
@@ -250,37 +246,3 @@ def write_communication(run_dir: Path, record: dict[str, Any]) -> None:
                "counted": "train messages and update replies as Flower serializes their records "
                           "(fedit.comm.payload); message envelopes and gRPC/TLS framing excluded"}
     atomic_write_text(run_dir / COMMUNICATION_FILE, json.dumps(summary, indent=2) + "\n")
-
-
-def round_summary(record: dict[str, Any], rounds: int) -> str:
-    """The one log line a round ends with."""
-    parts = [f"round {record['round']}/{rounds}"]
-    if record.get("clients") is not None:
-        parts.append(f"clients {record['clients']}")
-    if "train_loss" in record:
-        parts.append(f"train loss {_num(record['train_loss'], '.4f')}")
-    ev = (record.get("eval") or {}).get("overall")
-    if ev:
-        parts.append(f"eval loss {_num(ev.get('loss'), '.4f')} ppl {_num(ev.get('perplexity'), '.2f')}")
-    if "lora_gap_mean" in record:
-        parts.append(f"lora gap {_num(record['lora_gap_mean'], '.3g')}")
-    if "svd_energy_dropped_mean" in record:
-        parts.append(f"svd drop {_num(record['svd_energy_dropped_mean'], '.3g')}")
-    if "dp_epsilon" in record:
-        parts.append(f"DP epsilon {_num(record['dp_epsilon'], '.3g')} (delta {record['dp_delta']:.0e})")
-    if record.get("robust_rejected"):
-        parts.append(f"rejected {record['robust_rejected']}")
-    if record.get("robust_clipped"):
-        parts.append(f"clipped {record['robust_clipped']}")
-    if record.get("dropped"):
-        parts.append(f"dropped {len(record['dropped'])}")
-    if "bytes_down_total" in record:
-        parts.append(f"comm {_mb(record['bytes_down'])}/{_mb(record['bytes_up'])} MB down/up, "
-                     f"total {_mb(record['bytes_down_total'] + record['bytes_up_total'])} MB")
-    if "seconds" in record:
-        parts.append(f"{record['seconds']:.1f} s")
-    return " | ".join(parts)
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.3g}"

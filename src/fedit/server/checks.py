@@ -2,8 +2,8 @@
 
 A reply is untrusted input: its adapter must match what the client was sent (keys, shapes,
 floating dtypes) and be finite as float32, the precision the server aggregates in; its example
-count must be a positive int; every metric must be one finite number (a list, a string or a NaN
-drops that reply only, never the round).
+count must be a positive int; every metric must be one finite number, an int within 2**53 (a list,
+a string, a NaN or a 10**18 drops that reply only, never the round).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from fedit.model import AdapterState, check_adapter_state
 
 logger = logging.getLogger(__name__)
 
+MAX_INT_METRIC = 2**53  # the largest int a float64 holds exactly
+
 
 def _short(value: Any, limit: int = 40) -> str:
     text = repr(value)
@@ -27,12 +29,17 @@ def _short(value: Any, limit: int = 40) -> str:
 
 
 def check_metrics(client_id: int, metrics: Mapping[str, Any]) -> None:
-    """Raise UpdateError unless every metric is a single finite int or float."""
+    """Raise UpdateError unless every metric is a single finite int or float; an int must also
+    be exact as a float64 (|n| <= 2**53): no count a node keeps comes near, and a bigger one would
+    read as a float of any size (a train loss of 3e18) once averaged."""
     for name, value in metrics.items():
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not number or not math.isfinite(value):
             raise UpdateError(f"client {client_id}: metric {_short(name)} is {_short(value)}, "
                               "expected a finite number")
+        if isinstance(value, int) and abs(value) > MAX_INT_METRIC:
+            raise UpdateError(f"client {client_id}: metric {_short(name)} is {_short(value)}, "
+                              "an int beyond 2**53")
 
 
 def check_update(reference: AdapterState, update: ClientUpdate) -> None:

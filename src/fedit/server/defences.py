@@ -64,14 +64,24 @@ class RobustAggregation(StrategyWrapper):
         return unflatten(agg, zeros)
 
 
+def check_round_size(cfg: Config, per_round: int) -> None:
+    """Refuse, in one line, a --robust rule the round's size cannot support (the defence's own check,
+    e.g. Krum: 2f+3 updates). Runners call it as soon as they know the round's size (a deployment:
+    before any process starts)."""
+    rob = cfg.robustness
+    if rob.robust == "none":
+        return
+    defence = method("defence", rob.robust)
+    if defence.check is not None:
+        defence.check(cfg, per_round)
+
+
 def wrap(strategy: Strategy, cfg: Config) -> Strategy:
     """RobustAggregation around ``strategy`` when ``--robust`` is set (after the defence's own checks)."""
     rob = cfg.robustness
     if rob.robust == "none":
         return strategy
-    defence = method("defence", rob.robust)
-    if defence.check is not None:
-        defence.check(cfg, strategy.clients_per_round)
+    check_round_size(cfg, strategy.clients_per_round)
     sides = method("strategy", cfg.federation.strategy).capabilities.side_aggregates
     options = {f.name: getattr(getattr(cfg, m.option_section), f.name)
                for m in methods("defence") for f in m.option_fields()}

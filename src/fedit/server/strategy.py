@@ -11,8 +11,10 @@ strategy to change what it sends or how it aggregates (the pattern of Flower's
 
 from __future__ import annotations
 
+import math
+import sys
 from abc import ABC
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 from fedit.client.job import ClientJob, ClientUpdate, PooledUpdate, Scalar
 from fedit.client_lora import ClientLora
@@ -131,11 +133,25 @@ def pool_updates(updates: Sequence[ClientUpdate], state: AdapterState, weighting
         member_metrics.update(u.member_metrics if isinstance(u, PooledUpdate) else {u.client_id: u.metrics})
         member_examples.update(u.member_examples if isinstance(u, PooledUpdate) else {u.client_id: u.num_examples})
     total = sum(u.num_examples for u in updates)
-    metrics = {"train_loss": sum(u.num_examples * u.metrics.get("train_loss", 0.0) for u in updates) / total,
-               "compute_seconds": sum(u.metrics.get("compute_seconds", 0.0) for u in updates)}
+    metrics = {"train_loss": mean_metric([u.metrics.get("train_loss", 0.0) for u in updates],
+                                          [u.num_examples for u in updates]),
+               "compute_seconds": finite_sum(u.metrics.get("compute_seconds", 0.0) for u in updates)}
     round_metrics = {k: v for u in updates if isinstance(u, PooledUpdate) for k, v in u.round_metrics.items()}
     return PooledUpdate(members[0], state, total, metrics, client_ids=members, weighting=weighting,
                         member_metrics=member_metrics, member_examples=member_examples, round_metrics=round_metrics)
+
+
+def mean_metric(values: Sequence[float], weights: Sequence[float]) -> float:
+    """A weighted mean that no finite value overflows (weights normalised first; 1e308 stays finite)."""
+    w = normalized_weights(weights)
+    mean = math.fsum(wk * v for wk, v in zip(w, values))
+    return min(max(mean, min(values)), max(values)) if math.isfinite(mean) else mean
+
+
+def finite_sum(values: Iterable[float]) -> float:
+    """A sum of finite values that stays finite (clamped to the largest float)."""
+    total = sum(values)
+    return max(min(total, sys.float_info.max), -sys.float_info.max)
 
 
 def base_strategy(strategy: Strategy) -> Strategy:

@@ -16,10 +16,15 @@ round loop to every valid update before the strategy sees it (so every strategy 
 
 Honest clients are affected only by the share limit, and only in a round where one of them holds
 more than that share of the round's examples (then it weighs exactly the limit).
+
+With few clients the limit still lets one client weigh a lot (0.5 with three clients: as much as
+the two others together), so a client that weighs more than an equal share while its update's norm
+is far above the others' gets a warning (:func:`dominant_outliers`).
 """
 
 from __future__ import annotations
 
+import statistics
 from typing import Mapping
 
 
@@ -66,3 +71,25 @@ def trusted_counts(claims: Mapping[int, int], known: Mapping[int, int], bound: i
         c = share_cap(list(counts.values()), max_share)
         counts = {cid: min(n, c) for cid, n in counts.items()}
     return counts
+
+
+OUTLIER_RATIO = 10.0   # an update this many times the others' median norm is worth a warning
+
+
+def dominant_outliers(claims: Mapping[int, int], counts: Mapping[int, int], norms: Mapping[int, float],
+                      ratio: float = OUTLIER_RATIO) -> list[str]:
+    """One line per client that weighs more than an equal share of the round (its claim made it so:
+    honest ones rarely do) and whose update's norm is over ``ratio`` times the others' median: the
+    share limit bounds its weight, not what it sends. A warning, never a drop (norms differ
+    honestly too); --robust bounds such an update."""
+    total, lines = sum(counts.values()), []
+    if len(norms) < 2 or total <= 0:
+        return lines
+    for cid, norm in norms.items():
+        median = statistics.median(n for c, n in norms.items() if c != cid)
+        share = counts[cid] / total
+        if share > 1 / len(counts) and median > 0 and norm > ratio * median:
+            lines.append(f"client {cid} claims {claims[cid]} examples and weighs {share:.0%} of the round, and its "
+                         f"update's norm is {norm / median:.0f}x the others' median: a lower --max-client-share or "
+                         "--robust bounds it")
+    return lines

@@ -81,8 +81,11 @@ def _run_files(args: argparse.Namespace, cfg, folder: Path) -> tuple[Path, Path]
     from fedit.runners.flower.appdir import write_app, write_run_config
     from fedit.runners.flower.wire import run_config_values
     from fedit.server.build import check_methods
+    from fedit.server.defences import check_round_size
 
     check_methods(cfg)
+    if cfg.federation.fraction is None:  # the round's size is known before any node connects
+        check_round_size(cfg, cfg.federation.clients_per_round)
     values = run_config_values(cfg, Path(args.out), resume=args.resume, deploy=deploy_settings(args))
     return write_app(folder / "app"), write_run_config(folder / "run.toml", values)
 

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedit.errors import FeditError
 from fedit.runners.flower.appdir import CONNECTION
 from fedit.runners.flower.processes import bin_dir
 from fedit.runners.flower.wire import CLIENT_INDEX_KEY, DATA_PATH_KEY, LORA_RANK_KEY, LORA_TARGETS_KEY
@@ -69,6 +70,15 @@ def node_config(data: Path, client_index: int | None, lora_rank: int | None = No
     return " ".join(items)
 
 
+def check_private_key(path: Path) -> None:
+    """Refuse a node's private key that its group or others may read (as ssh refuses one): whoever
+    reads it can register as this node."""
+    mode = Path(path).stat().st_mode & 0o777 if Path(path).exists() else 0
+    if mode & 0o077:
+        raise FeditError(f"{path}: a node's private key must be readable by its owner only (mode {mode:04o}); "
+                         f"run: chmod 600 {path}")
+
+
 def supernode_command(superlink: str, data: Path, *, client_index: int | None, port: int,
                       root_cert: Path | None, private_key: Path | None,
                       max_wait_time: float | None = None, lora_rank: int | None = None,
@@ -77,6 +87,7 @@ def supernode_command(superlink: str, data: Path, *, client_index: int | None, p
             "--node-config", node_config(data, client_index, lora_rank, lora_targets)]
     argv += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
     if private_key is not None:
+        check_private_key(private_key)
         argv += ["--auth-supernode-private-key", str(private_key)]
     if max_wait_time is not None:
         argv += ["--max-wait-time", str(max_wait_time)]

@@ -99,6 +99,7 @@ class LocalFederation:
         """Every check that needs no process: flags, --out, the model and the device."""
         from fedit.model import resolve_device, resolve_model, resolve_precision
         from fedit.server.build import check_methods, client_layouts
+        from fedit.server.defences import check_round_size
 
         check_methods(self.cfg)
         check_deployable(self.cfg)
@@ -111,7 +112,7 @@ class LocalFederation:
         if self.opts.deploy.min_nodes > len(self.opts.node_data):
             raise FeditError(f"--min-nodes {self.opts.deploy.min_nodes} is more than the "
                              f"{len(self.opts.node_data)} --node-data file(s)")
-        self.cfg.federation.clients_to_sample(len(self.opts.node_data), NODE_LIST)
+        check_round_size(self.cfg, self.cfg.federation.clients_to_sample(len(self.opts.node_data), NODE_LIST))
         if self.opts.auth and not self.opts.tls:
             raise FeditError("--auth needs --tls (Flower authenticates SuperNodes only over TLS)")
         if self.opts.resume and not (self.out / "config.yaml").is_file():

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 from fedit.config import Config
 from fedit.errors import ConfigError
 from fedit.privacy import secagg
-from fedit.privacy.secagg_cost import message_bytes
 
 if TYPE_CHECKING:  # torch-free at import: the ClientApp answers the roll call without torch
     from fedit.client.job import ClientJob
@@ -108,67 +107,40 @@ class _RoundStrategy:
         return None, {}
 
 
-class CountingGrid:
-    """The Grid as the workflow sees it: its messages go through fedit's exchange (replies matched to
-    messages, so a dead node's error reply is charged to that node), counting bytes and messages."""
-
-    def __init__(self, grid, exchange) -> None:
-        self.grid, self.exchange = grid, exchange
-        self.down = self.up = self.messages = 0
-        self.errors: dict[int, str] = {}
-
-    def send_and_receive(self, messages, *, timeout: float | None = None):
-        messages = list(messages)
-        self.down += sum(message_bytes(m.content) for m in messages)
-        nodes = [m.metadata.dst_node_id for m in messages]
-        replies = self.exchange(self.grid, messages, nodes, timeout)
-        self.messages += len(messages) + len(replies)
-        for node, reply in replies.items():
-            if reply.has_error():
-                self.errors[node] = reply.error.reason
-            else:
-                self.up += message_bytes(reply.content)
-        for node in set(nodes) - set(replies):
-            self.errors[node] = "no reply"
-        return list(replies.values())
-
-
 class SecureFlowerClients:
     """The round loop's transport under --secure-aggregation: one SecAgg+ round per fedit round;
-    the loop gets one pooled reply (the unmasked mean) and a failure per client that dropped out."""
+    the loop gets one pooled reply (the unmasked mean) and a failure per client that dropped out.
+
+    Faults (fedit.runners.flower.secagg_faults): a node the SuperLink no longer lists is not sent
+    the round; a node lost during set-up or key sharing leaves the protocol; a round that halts
+    before anyone trained is started over once without the nodes lost so far (nothing was masked
+    yet, so the second try reveals nothing the first did not). Every failure names the stage."""
 
     def __init__(self, grid, nodes: dict[int, int], sizes: dict[int, int], cfg: Config, round_timeout: float) -> None:
         self.grid, self.nodes, self.sizes, self.cfg, self.round_timeout = grid, nodes, sizes, cfg, round_timeout
+        self.gone: dict[int, str] = {}   # node -> where it was lost (for the next rounds' lines)
+
+    def name(self, node: int) -> str:
+        cid = next((c for c, n in self.nodes.items() if n == node), None)
+        return f"client {cid} (node {node})"
 
     def train(self, jobs: Sequence[ClientJob]) -> list:
-        from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
-        from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
-        from flwr.server.compat.legacy_context import LegacyContext
-        from flwr.server.workflow import SecAggPlusWorkflow
-        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+        from flwr.common import parameters_to_ndarrays
 
-        from fedit.runners.federation import ClientFailure
-        from fedit.runners.flower.server_app import exchange
+        from fedit.runners.flower.exchange import unlisted_failures
 
         if any(job.arrays for job in jobs):
             raise ConfigError("--secure-aggregation sums adapters only: this strategy sends clients extra tensors")
-        weights = {j.client_id: secagg.client_weight(max(1, self.sizes.get(j.client_id) or 1), self.cfg) for j in jobs}
-        params = secagg.round_params(self.cfg, len(jobs), list(weights.values()))
-        fitins = [(_Proxy(self.nodes[j.client_id]),
-                   FitIns(ndarrays_to_parameters([v.numpy() for v in j.state.values()]),
-                          secagg.fitins_config(j, weights[j.client_id]))) for j in jobs]
-        strategy = _RoundStrategy(fitins)
-        state = RecordDict({MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: jobs[0].round}),
-                            MAIN_PARAMS_RECORD: ArrayRecord()})
-        context = LegacyContext(Context(0, 0, {}, state, {}), strategy=strategy, client_manager=_Nodes(len(jobs)))
-        grid = CountingGrid(self.grid, exchange)
-        SecAggPlusWorkflow(params.flwr_num_shares, params.threshold, max_weight=params.max_weight,
-                           clipping_range=params.clipping_range, quantization_range=params.quantization_range,
-                           modulus_range=secagg.MODULUS, timeout=self.round_timeout or None)(grid, context)
-        by_node = {self.nodes[j.client_id]: j for j in jobs}
-        got = {by_node[proxy.node_id].client_id: res for proxy, res in (strategy.results or [])}
-        failures = [ClientFailure(j.client_id, self._why(j, grid, params, strategy.results is None))
-                    for j in jobs if j.client_id not in got]
+        jobs, failures = unlisted_failures(self.grid, self.nodes, jobs, self.gone)
+        got, grid, halt = self._round(jobs)
+        early = grid.lost_early() if grid is not None else []
+        if halt and grid.calls <= 2 and early and len(jobs) - len(early) >= 2:
+            logger.warning("round %d: secure aggregation halted during %s; starting it over once without %s",
+                           jobs[0].round, grid.stage, ", ".join(self.name(n) for n in early))
+            failures += [self._failure(j, grid) for j in jobs if self.nodes[j.client_id] in early]
+            jobs = [j for j in jobs if self.nodes[j.client_id] not in early]
+            got, grid, halt = self._round(jobs)
+        failures += [self._failure(j, grid, halt) for j in jobs if j.client_id not in got]
         if not got:
             return failures
         mean = parameters_to_ndarrays(next(iter(got.values())).parameters)
@@ -176,16 +148,58 @@ class SecureFlowerClients:
         cost = {"secagg_bytes_down": grid.down, "secagg_bytes_up": grid.up, "secagg_messages": grid.messages,
                 "secagg_round_trips": secagg.STAGES}
         first = next(j for j in jobs if j.client_id in got)
-        return [secagg.pooled_update(first, mean, members, self.cfg, cost), *failures]
+        counts = secagg.round_counts([j.client_id for j in jobs], self.sizes, self.cfg)
+        names = {cid: self.name(node) for cid, node in self.nodes.items()}
+        return [secagg.pooled_update(first, mean, members, self.cfg, cost, counts, names), *failures]
 
-    def _why(self, job: ClientJob, grid: CountingGrid, params: secagg.SecAggParams, halted: bool) -> str:
+    def _round(self, jobs: Sequence[ClientJob]) -> tuple[dict, Any, str | None]:
+        """One run of the protocol: ({client: its FitRes}, the StageGrid, why it halted or None)."""
+        from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+        from flwr.common import FitIns, ndarrays_to_parameters
+        from flwr.server.compat.legacy_context import LegacyContext
+        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+        from fedit.runners.flower.secagg_faults import StageGrid, TolerantSecAggPlus
+
+        if len(jobs) < 2:
+            return {}, None, f"secure aggregation needs 2 live nodes, {len(jobs)} left"
+        counts = secagg.round_counts([j.client_id for j in jobs], self.sizes, self.cfg)
+        weights = {cid: secagg.client_weight(n, self.cfg) for cid, n in counts.items()}
+        try:
+            params = secagg.round_params(self.cfg, len(jobs), list(weights.values()))
+        except ConfigError as exc:   # e.g. a --secagg-threshold the nodes left cannot reach
+            return {}, None, f"secure aggregation cannot run with the {len(jobs)} nodes left: {exc}"
+        fitins = [(_Proxy(self.nodes[j.client_id]),
+                   FitIns(ndarrays_to_parameters([v.numpy() for v in j.state.values()]),
+                          secagg.fitins_config(j, weights[j.client_id]))) for j in jobs]
+        strategy = _RoundStrategy(fitins)
+        state = RecordDict({MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: jobs[0].round}),
+                            MAIN_PARAMS_RECORD: ArrayRecord()})
+        context = LegacyContext(Context(0, 0, {}, state, {}), strategy=strategy, client_manager=_Nodes(len(jobs)))
+        grid = StageGrid(self.grid, self.name, jobs[0].round)
+        TolerantSecAggPlus(params.flwr_num_shares, params.threshold, max_weight=params.max_weight,
+                           clipping_range=params.clipping_range, quantization_range=params.quantization_range,
+                           modulus_range=secagg.MODULUS, timeout=self.round_timeout or None)(grid, context)
+        for node, (stage, _) in grid.lost.items():
+            self.gone[node] = f"lost during {stage} in round {jobs[0].round}"
+        by_node = {self.nodes[j.client_id]: j for j in jobs}
+        got = {by_node[proxy.node_id].client_id: res for proxy, res in (strategy.results or [])}
+        if strategy.results is not None:
+            return got, grid, None
+        alive = len(jobs) - len(grid.lost)
+        return got, grid, (f"secure aggregation halted during {grid.stage}: {alive} of the {len(jobs)} nodes "
+                           f"of the round still answer, fewer than --secagg-threshold {params.threshold}")
+
+    def _failure(self, job: ClientJob, grid: Any, halt: str | None = None):
+        from fedit.runners.federation import ClientFailure
+
         node = self.nodes[job.client_id]
-        reason = grid.errors.get(node)
-        if halted:
-            why = f" ({reason})" if reason else ""
-            return (f"client {job.client_id} (node {node}): secure aggregation halted, fewer than --secagg-threshold "
-                    f"{params.threshold} of the {params.num_shares} shares left{why}")
-        return f"client {job.client_id} (node {node}): dropped out of secure aggregation ({reason or 'no reply'})"
+        stage, why = grid.lost.get(node, (None, None)) if grid is not None else (None, None)
+        text = f"client {job.client_id} (node {node}): "
+        if stage is not None:
+            text += f"lost during {stage} of secure aggregation ({why})"
+            return ClientFailure(job.client_id, text + (f"; {halt}" if halt else ""))
+        return ClientFailure(job.client_id, text + (halt or "dropped out of secure aggregation (no reply)"))
 
     def state_dict(self) -> dict[str, Any]:
         return {}

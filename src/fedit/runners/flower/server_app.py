@@ -33,6 +33,8 @@ from fedit.provenance import provenance
 from fedit.runners.common import Workbench, build_workbench, load_test
 from fedit.runners.federation import ClientFailure, Federation, Reply
 from fedit.runners.flower import wire
+from fedit.runners.flower.exchange import exchange, unlisted_failures
+from fedit.runners.flower.roll_call import assign_indices
 from fedit.runners.rundir import RunDir
 from fedit.runners.simulation import save_final
 from fedit.server import build_strategy, check_methods
@@ -64,26 +66,31 @@ class ServerSettings:
 
 
 class FlowerClients:
-    """The round loop's transport over Flower: one train message per job, replies matched to jobs."""
+    """The round loop's transport over Flower: one train message per job, replies matched to jobs;
+    a node the SuperLink no longer lists is not sent the round (fedit.runners.flower.exchange)."""
 
     def __init__(self, grid: Grid, nodes: dict[int, int], round_timeout: float) -> None:
         self.grid, self.nodes, self.round_timeout = grid, nodes, round_timeout
+        self.gone: dict[int, str] = {}   # node -> the round it last failed to answer
 
     def train(self, jobs: Sequence[ClientJob]) -> list[Reply]:
+        listed, missing = unlisted_failures(self.grid, self.nodes, jobs, self.gone)
         msgs = [Message(wire.train_content(job), dst_node_id=self.nodes[job.client_id],
-                        message_type=MessageType.TRAIN, group_id=str(job.round)) for job in jobs]
-        keys = [job.client_id for job in jobs]
-        replies = exchange(self.grid, msgs, keys, self.round_timeout or None)
-        out: list[Reply] = []
-        for cid in keys:  # in job order, as the simulation aggregates
+                        message_type=MessageType.TRAIN, group_id=str(job.round)) for job in listed]
+        keys = [job.client_id for job in listed]
+        replies = exchange(self.grid, msgs, keys, self.round_timeout or None, what=f"round {jobs[0].round} updates",
+                           name=lambda cid: f"client {cid} (node {self.nodes[cid]})") if jobs else {}
+        out: dict[int, Reply] = {f.client_id: f for f in missing}
+        for cid in keys:
             if cid not in replies:
-                out.append(ClientFailure(cid, f"client {cid} (node {self.nodes[cid]}): no reply"))
+                self.gone[self.nodes[cid]] = f"no reply in round {jobs[0].round}"
+                out[cid] = ClientFailure(cid, f"client {cid} (node {self.nodes[cid]}): no reply")
                 continue
             try:
-                out.append(wire.update_from_reply(replies[cid], cid))
+                out[cid] = wire.update_from_reply(replies[cid], cid)
             except UpdateError as exc:
-                out.append(ClientFailure(cid, str(exc)))
-        return out
+                out[cid] = ClientFailure(cid, str(exc))
+        return [out[job.client_id] for job in jobs]   # in job order, as the simulation aggregates
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # client state lives on the nodes
@@ -146,7 +153,8 @@ class FlowerServer:
         node_ids = self._wait_for_nodes()
         msgs = [Message(RecordDict({wire.CONFIG: ConfigRecord({"hello": 1})}), dst_node_id=n,
                         message_type=MessageType.QUERY, group_id="roll-call") for n in node_ids]
-        replies = exchange(self.grid, msgs, node_ids, self.s.deploy.node_timeout)
+        replies = exchange(self.grid, msgs, node_ids, self.s.deploy.node_timeout, what="roll-call answers",
+                           name=lambda n: f"node {n}")
         pinned: dict[int, int] = {}
         free, info = [], {}
         for node in node_ids:
@@ -155,14 +163,15 @@ class FlowerServer:
                 why = "no reply" if reply is None else reply.error.reason
                 logger.warning("node %d did not answer the roll call (%s); it takes no part", node, why)
                 continue
-            answer = dict(reply.content[wire.CONFIG])
+            try:
+                answer = dict(reply.content[wire.CONFIG])
+            except (KeyError, TypeError):
+                logger.warning("node %d answered the roll call with no %s record; it takes no part", node, wire.CONFIG)
+                continue
             info[node] = answer
             if answer.get("error"):
                 logger.warning("node %d: %s", node, answer["error"])
-            index = int(answer.get("client-index", -1))
-            if index >= 0 and index in pinned.values():
-                other = next(n for n, i in pinned.items() if i == index)
-                raise FeditError(f"nodes {other} and {node} both set client-index={index}")
+            index = _index(answer.get("client-index", -1))
             if index >= 0:
                 pinned[node] = index
             else:
@@ -172,14 +181,9 @@ class FlowerServer:
         return clients, {c: n for c, n in sizes.items() if n > 0}
 
     def _assign(self, pinned: dict[int, int], free: list[int], info: dict[int, dict]) -> dict[int, int]:
-        total = len(pinned) + len(free)
-        bad = sorted(i for i in pinned.values() if i >= total)
-        if bad:
-            raise FeditError(f"client-index {bad[0]} is out of range: {total} node(s) take part, so "
-                             f"indices must be 0..{total - 1}")
-        open_ids = iter(sorted(set(range(total)) - set(pinned.values())))
-        clients = {index: node for node, index in pinned.items()}
-        clients.update({next(open_ids): node for node in free})
+        clients, notes = assign_indices(pinned, free)
+        for note in notes:
+            logger.warning("roll call: %s", note)
         if len(clients) < self.s.deploy.min_nodes:
             raise FeditError(f"only {len(clients)} node(s) answered; --min-nodes is {self.s.deploy.min_nodes}")
         self.layouts = self._layouts(clients, info)
@@ -216,28 +220,14 @@ class FlowerServer:
             self.run_dir.close()
 
 
+def _index(value: Any) -> int:
+    """A roll-call client index as an int (-1, i.e. any, when it is not a non-negative int)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else -1
+
+
 def _count(value: Any) -> int:
     """A roll-call record count as an int (0 when it is not one)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def exchange(grid: Grid, msgs: list[Message], keys: list[Any], timeout: float | None) -> dict[Any, Message]:
-    """Send ``msgs`` and collect replies until all arrived or ``timeout``: {key of the message: reply}.
-
-    Replies are matched by ``reply_to_message_id``, not by sender: when a node dies, the SuperLink
-    answers for it with an error reply whose sender is not that node.
-    """
-    pending = {mid: key for mid, key in zip(grid.push_messages(msgs), keys) if mid is not None}
-    deadline = None if timeout is None else time.monotonic() + timeout
-    replies: dict[Any, Message] = {}
-    while pending and (deadline is None or time.monotonic() < deadline):
-        for reply in grid.pull_messages(list(pending)):
-            key = pending.pop(reply.metadata.reply_to_message_id, None)
-            if key is not None:
-                replies[key] = reply
-        if pending:
-            time.sleep(0.5)
-    return replies
 
 
 def _setup_logging() -> None:
