@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from fedit.client.runs import ClientRun, Correction
 from fedit.client.scaffold import scaffold_correction
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
@@ -30,9 +31,6 @@ from fedit.schedules import SCHEDULES, step_lr
 
 Scalar = bool | int | float | str
 ClientState = dict[str, AdapterState]
-# Called after the backward passes of every optimizer step, before clipping: adds a method's
-# term to the LoRA gradients ({wire key: parameter}).
-Correction = Callable[[Mapping[str, torch.nn.Parameter]], None]
 
 
 @dataclass
@@ -186,12 +184,30 @@ def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train
     ``trainer`` is a :class:`fedit.client.train.LocalTrainer` on the resident model. Returns the
     update (after the registered client-side transforms) and the client's state for its next round.
     """
-    check_client_config(job.config)
-    state: ClientState = dict(client_state or {})
-    corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device, state)) is not None]
-    update = trainer.fit(job.state, examples, job_train_config(train, job.config), seed=seed,
-                         round_idx=job.round, client_id=job.client_id, corrections=corrections,
-                         on_step=on_step, lora=job_lora(job.config), lr_at_step=step_schedule(job))
-    for path in CLIENT_TRANSFORMS.values():
-        update = load(path)(update, job, state)
-    return update, state
+    states = {} if client_state is None else {job.client_id: client_state}
+    each = None if on_step is None else (lambda client_id, step, total, loss: on_step(step, total, loss))
+    return run_jobs(trainer, [job], [examples], train, seed=seed, client_states=states, on_step=each)[0]
+
+
+def run_jobs(trainer, jobs: Sequence[ClientJob], datas: Sequence[Sequence[TokenizedExample]], train: TrainConfig,
+             *, seed: int, client_states: Mapping[int, ClientState],
+             on_step: Callable[[int, int, int, float], None] | None = None
+             ) -> list[tuple[ClientUpdate, ClientState]]:
+    """:func:`run_job` for several jobs, trained together in shared passes where the trainer can
+    (fedit.client.multilora): the same checks, corrections and client-side transforms per job;
+    ``on_step(client, step, total, loss)``."""
+    runs, states = [], []
+    for job, data in zip(jobs, datas):
+        check_client_config(job.config)
+        state: ClientState = dict(client_states.get(job.client_id) or {})
+        corrections = [c for build in CORRECTIONS if (c := build(job, trainer.device, state)) is not None]
+        callback = None if on_step is None else (lambda s, t, loss, cid=job.client_id: on_step(cid, s, t, loss))
+        runs.append(ClientRun(job.client_id, job.round, job.state, data, job_train_config(train, job.config),
+                              corrections, callback, step_schedule(job), job_lora(job.config)))
+        states.append(state)
+    out = []
+    for job, update, state in zip(jobs, trainer.train(runs, seed=seed), states):
+        for path in CLIENT_TRANSFORMS.values():
+            update = load(path)(update, job, state)
+        out.append((update, state))
+    return out

@@ -1,5 +1,6 @@
 """In-process simulation: one resident base model; clients trained one after another, or several
-at once in shared passes over the base (``--concurrent-clients``, :mod:`fedit.client.multilora`).
+at once in shared passes over the base (``--concurrent-clients``, :mod:`fedit.client.multilora`,
+the fused engine of :mod:`fedit.client.trainer`).
 
 A thin runner: the round loop is :class:`fedit.runners.federation.Federation`; this module
 only supplies its transport, :class:`InProcessClients`, which hands each job to
@@ -19,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 from fedit.attacks import AttackPlan, plan_attack, trigger_success
 from fedit.client.batching import num_steps
-from fedit.client.job import ClientJob, ClientState, ClientUpdate, job_train_config, run_job
-from fedit.client.multilora import can_train_together, concurrency, run_jobs
+from fedit.client.job import ClientJob, ClientState, ClientUpdate, job_train_config, run_job, run_jobs
+from fedit.client.multilora import can_train_together, concurrency
 from fedit.config import Config
 from fedit.data import Example, write_partition_stats
 from fedit.data.prompts import TokenizedExample
