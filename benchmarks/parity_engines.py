@@ -3,7 +3,8 @@
 The cases of benchmarks/parity.py cover the methods; these cover the two LoRA kernels (peft, fused),
 clients trained together or one by one, the corrections (FedProx, SCAFFOLD), a per-step lr
 schedule with gradient clipping and weight decay, LoRA dropout, and the visible fallbacks to peft
-(heterogeneous ranks, ffa's B-only jobs, gradient checkpointing) and local DP.
+(heterogeneous ranks, ffa's B-only jobs, gradient checkpointing), local DP, and the parts of the
+run set-up only the simulation has (attacks, simulated secure aggregation, client targets).
 
     python benchmarks/parity_engines.py --out /tmp/engines-before          # on the old commit
     python benchmarks/parity_engines.py --out /tmp/engines-after --compare /tmp/engines-before
@@ -34,6 +35,11 @@ CASES.update({
     "checkpointing-auto": ["--gradient-checkpointing"],
     "dp-local-fused": ["--dp-clip", "0.5", "--dp-noise-multiplier", "0.5", "--dp-noise-seed", "3",
                        "--dp-mode", "local", "--lora-kernel", "fused"],
+    # the run set-up's simulation-only parts (fedit.runners.session): attacks, secure aggregation, client targets
+    "backdoor": ["--attack", "backdoor", "--attackers", "0.34"],
+    "scale-attack": ["--attack", "scale", "--attackers", "0.34"],
+    "secagg": ["--secure-aggregation"],
+    "client-targets": ["--client-targets", "all-linear;q_proj,v_proj;q_proj"],
 })
 
 
