@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from fedit.client.engines.fused import why_unsupported
+from fedit.client.engines.fused import bytes_per_token, why_unsupported
 from fedit.client.job import ClientJob, job_lora
 from fedit.data.prompts import TokenizedExample
 from fedit.model import adapter_parameters
@@ -33,14 +33,6 @@ def device_memory(device: torch.device) -> int:
     except OSError:
         pass
     return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
-def bytes_per_token(model: torch.nn.Module, dtype_bytes: int) -> int:
-    """What one token of a training pass keeps for backward, roughly: measured on SmolLM2 with the
-    fused kernel as ~9 x (hidden + intermediate) activations per layer, plus fp32 logits."""
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    hidden, inter = config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)
-    return 10 * config.num_hidden_layers * (hidden + inter) * dtype_bytes + 3 * 4 * config.vocab_size
 
 
 def concurrency(trainer, cfg, datas: Sequence[Sequence[TokenizedExample]]) -> int:

@@ -47,8 +47,10 @@ class _Progress:
 
 def train_runs(engine: Engine, runs: Sequence[ClientRun], *, seed: int,
                record: StepRecorder | None = None) -> list[ClientUpdate]:
-    """Train ``runs`` on ``engine`` (together: the engine must take them together); one update per run,
-    in order."""
+    """Train ``runs`` on ``engine``, in shared passes (several runs need an engine that takes them
+    together); one update per run, in order."""
+    if len(runs) > 1 and not engine.together:
+        raise ValueError(f"the {engine.name} engine trains one run at a time, not {len(runs)}")
     start = time.perf_counter()
     seeds = [client_seed(seed, run.round_idx, run.client_id) for run in runs]
     with engine.open(runs, seeds) as params:
