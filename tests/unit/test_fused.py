@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from fedit.client.batching import collate
-from fedit.client.dropout import DropoutStreams
-from fedit.client.fused import fused_engine, micro_batch_losses
+from fedit.client.engines.dropout import DropoutStreams
+from fedit.client.engines.fused import fused_engine, micro_batch_losses
 from fedit.client.job import ClientJob, proximal_correction
 from fedit.client.loss import token_losses
-from fedit.client.multilora import ClientRun, concurrency, train_clients
-from fedit.client.packed import pack
+from fedit.client.engines.packed import pack
+from fedit.client.multilora import concurrency
+from fedit.client.runs import ClientRun
 from fedit.config import Config, DataConfig, TrainConfig
 from fedit.data import load_examples
 from fedit.data.prompts import TokenizedExample
@@ -111,8 +112,8 @@ def test_clients_trained_together_match_each_trained_alone(bench, datas):
         return [ClientRun(0, 1, start, datas[0], cfg), ClientRun(1, 1, start, datas[1], short),
                 ClientRun(2, 1, start, datas[2], cfg, [prox])]
 
-    together = train_clients(bench.trainer, runs(), seed=7)
-    alone = [train_clients(bench.trainer, [run], seed=7)[0] for run in runs()]
+    together = bench.trainer.train(runs(), seed=7)
+    alone = [bench.trainer.train([run], seed=7)[0] for run in runs()]
     assert [u.metrics["steps"] for u in together] == [4, 2, 4]
     for t, a in zip(together, alone):
         assert t.client_id == a.client_id and t.num_examples == a.num_examples
@@ -126,7 +127,7 @@ def test_clients_trained_together_match_each_trained_alone(bench, datas):
 def test_fit_with_the_fused_kernel_is_the_one_client_case(bench, datas):
     cfg = TrainConfig(lr=1e-3, batch_size=4, micro_batch_size=2, local_steps=3)
     fit = bench.trainer.fit(bench.initial_state, datas[0], cfg, seed=3, round_idx=2, client_id=0)
-    alone = train_clients(bench.trainer, [ClientRun(0, 2, bench.initial_state, datas[0], cfg)], seed=3)[0]
+    alone = bench.trainer.train([ClientRun(0, 2, bench.initial_state, datas[0], cfg)], seed=3)[0]
     assert bench.trainer.lora_kernel == "fused"
     assert all(torch.equal(fit.state[k], alone.state[k]) for k in fit.state)
 
@@ -142,7 +143,7 @@ def test_default_concurrency_fits_memory_and_flags_are_checked(bench, datas):
 
 
 def test_lora_kernel_fused_refuses_an_unsupported_model_and_auto_falls_back(bench, monkeypatch):
-    from fedit.client import fused
+    from fedit.client.engines import fused
     from fedit.client.train import resolve_lora_kernel
 
     assert resolve_lora_kernel("auto", bench.model) == "fused"

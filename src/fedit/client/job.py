@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from fedit.client.runs import ClientRun, Correction
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
 from fedit.errors import ConfigError
@@ -33,9 +34,6 @@ from fedit.schedules import SCHEDULES, step_lr
 
 Scalar = bool | int | float | str
 ClientState = dict[str, AdapterState]
-# Called after the backward passes of every optimizer step, before clipping: adds a method's
-# term to the LoRA gradients ({wire key: parameter}).
-Correction = Callable[[Mapping[str, torch.nn.Parameter]], None]
 
 
 @dataclass
@@ -213,10 +211,28 @@ def run_job(trainer, job: ClientJob, examples: Sequence[TokenizedExample], train
     ``trainer`` is a :class:`fedit.client.train.LocalTrainer` on the resident model. Returns the
     update (after the registered client-side transforms) and the client's state for its next round.
     """
-    check_client_config(job.config)
-    state: ClientState = dict(client_state or {})
-    corrections = job_corrections(job, trainer.device, state)
-    update = trainer.fit(job.state, examples, job_train_config(train, job.config), seed=seed,
-                         round_idx=job.round, client_id=job.client_id, corrections=corrections,
-                         on_step=on_step, lora=job_lora(job.config), lr_at_step=step_schedule(job))
-    return transform_update(update, job, state), state
+    states = {} if client_state is None else {job.client_id: client_state}
+    each = None if on_step is None else (lambda client_id, step, total, loss: on_step(step, total, loss))
+    return run_jobs(trainer, [job], [examples], train, seed=seed, client_states=states, on_step=each)[0]
+
+
+def run_jobs(trainer, jobs: Sequence[ClientJob], datas: Sequence[Sequence[TokenizedExample]], train: TrainConfig,
+             *, seed: int, client_states: Mapping[int, ClientState],
+             on_step: Callable[[int, int, int, float], None] | None = None
+             ) -> list[tuple[ClientUpdate, ClientState]]:
+    """:func:`run_job` for several jobs, trained together in shared passes where the trainer can
+    (fedit.client.multilora): the same checks, corrections and client-side transforms per job;
+    ``on_step(client, step, total, loss)``."""
+    runs, states = [], []
+    for job, data in zip(jobs, datas):
+        check_client_config(job.config)
+        state: ClientState = dict(client_states.get(job.client_id) or {})
+        corrections = job_corrections(job, trainer.device, state)
+        callback = None if on_step is None else (lambda s, t, loss, cid=job.client_id: on_step(cid, s, t, loss))
+        runs.append(ClientRun(job.client_id, job.round, job.state, data, job_train_config(train, job.config),
+                              corrections, callback, step_schedule(job), job_lora(job.config)))
+        states.append(state)
+    out = []
+    for job, update, state in zip(jobs, trainer.train(runs, seed=seed), states):
+        out.append((transform_update(update, job, state), state))
+    return out

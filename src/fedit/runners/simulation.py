@@ -1,9 +1,11 @@
 """In-process simulation: one resident base model; clients trained one after another, or several
-at once in shared passes over the base (``--concurrent-clients``, :mod:`fedit.client.multilora`).
+at once in shared passes over the base (``--concurrent-clients``, :mod:`fedit.client.multilora`,
+the fused engine of :mod:`fedit.client.trainer`).
 
-A thin runner: the round loop is :class:`fedit.runners.federation.Federation`; this module
-only supplies its transport, :class:`InProcessClients`, which hands each job to
-:func:`fedit.client.job.run_job` on the resident model. Adapters move as dicts of tensors in
+A thin runner: the set-up is :class:`fedit.runners.session.Session` and the round loop
+:class:`fedit.runners.federation.Federation`; this module supplies only where the clients come
+from (a partition of ``--data``) and the loop's transport, :class:`InProcessClients`, which hands
+each job to :func:`fedit.client.job.run_job` on the resident model. Adapters move as dicts of tensors in
 memory; nothing is reloaded per client and nothing goes through disk except the per-round
 checkpoint that makes ``--resume`` possible.
 """
@@ -19,26 +21,20 @@ from typing import Any, Callable, Sequence
 
 from fedit.attacks import AttackPlan, plan_attack, trigger_success
 from fedit.client.batching import num_steps
-from fedit.client.job import ClientJob, ClientState, ClientUpdate, job_train_config, run_job
-from fedit.client.multilora import can_train_together, concurrency, run_jobs
+from fedit.client.job import ClientJob, ClientState, ClientUpdate, job_train_config, run_job, run_jobs
+from fedit.client.multilora import can_train_together, concurrency
+from fedit.client_lora import layout_record
 from fedit.config import Config
 from fedit.data import Example, write_partition_stats
 from fedit.data.prompts import TokenizedExample
-from fedit.data.fingerprint import data_fingerprint, with_absolute_paths
-from fedit.errors import CheckpointError
 from fedit.fileio import atomic_write_text
-from fedit.model import AdapterState, adapter_config, model_origin, save_adapter
+from fedit.model import AdapterState
+from fedit.privacy.secagg_transport import SimulatedSecureAggregation
 from fedit.progress import Progress
-from fedit.provenance import provenance
-from fedit.runners.common import (Workbench, build_workbench, clients_source, load_clients, load_test,
-                                  no_examples_reason)
-from fedit.runners.federation import ClientFailure, Federation, Reply
+from fedit.runners.common import Workbench, clients_source, load_clients, no_examples_reason
+from fedit.runners.federation import ClientFailure, EvaluateFn, Reply, Transport
 from fedit.runners.rundir import RunDir
-from fedit.client_lora import layout_record
-from fedit.model import check_client_targets
-from fedit.runners.summary import run_card
-from fedit.server import build_strategy, check_methods
-from fedit.server.build import client_layouts
+from fedit.runners.session import Roster, Session
 
 logger = logging.getLogger(__name__)
 
@@ -140,91 +136,39 @@ class InProcessClients:
         self.client_states = {int(k): v for k, v in state.get("client_states", {}).items()}
 
 
-class Simulation:
-    """setup() -> run rounds -> finish(); ``run()`` does all three."""
+class Simulation(Session):
+    """The run set-up of :class:`fedit.runners.session.Session` with the clients of a partition of
+    ``--data``, trained in this process; ``run()`` returns the final global adapter."""
 
-    def __init__(self, cfg: Config, out: str | Path, *, resume: bool = False,
-                 progress: Progress | None = None, bench: Workbench | None = None) -> None:
-        self.cfg = cfg
-        self._bench = bench  # a resident model to reuse (experiments); built in setup() when None
-        self.run_dir = RunDir(Path(out))
-        self.resume = resume
-        self.progress = progress or Progress()
-
-    def setup(self) -> None:
-        """Data, run directory checks, the strategy and the model first: a mistake in any of them
-        stops the run before anything is written."""
-        self.cfg = cfg = with_absolute_paths(self.cfg)   # config.yaml names the data wherever it runs
-        check_methods(cfg)  # a combination of methods that makes no sense
+    def early_clients(self, cfg: Config) -> Roster:
         self.clients = load_clients(cfg)
-        cfg.federation.clients_to_sample(len(self.clients), clients_source(cfg))  # --partition files: fewer
-        layouts = client_layouts(cfg, len(self.clients))
-        strategy = build_strategy(cfg, len(self.clients), layouts)  # refuses impossible method settings
-        test = load_test(cfg)
-        attack = plan_attack(cfg, len(self.clients))
-        fingerprint = data_fingerprint(cfg)
-        self.run_dir.check(cfg, self.resume, fingerprint)
-        self.bench: Workbench = self._bench if self._bench is not None else build_workbench(cfg)
-        check_client_targets(self.bench.model, [lay.targets for lay in layouts])
-        self.origin = model_origin(cfg.model.model, self.bench.base.path)
-        ckpt = self.run_dir.prepare(cfg, self.resume, fingerprint=fingerprint,
-                                    provenance={**provenance(), "model": self.origin})
-        self.run_dir.adapter_config = adapter_config(self.bench.model, self.bench.base.path)
+        return Roster(len(self.clients), clients_source(cfg),
+                      known_examples={cid: len(c) for cid, c in enumerate(self.clients)})
+
+    def prepared(self, cfg: Config) -> None:
         heterogeneous = cfg.lora.client_ranks is not None or cfg.lora.client_targets is not None
-        write_partition_stats(self.clients, self.run_dir.path, layout_record(layouts) if heterogeneous else None)
-        test_tok = self.bench.tokenize(test, cfg.data, train_on_prompt=False)
+        record = layout_record(self.roster.layouts) if heterogeneous else None
+        write_partition_stats(self.clients, self.run_dir.path, record)
+
+    def make_transport(self, cfg: Config, roster: Roster) -> Transport:
+        self.attack = attack = plan_attack(cfg, len(self.clients))
         if attack is not None:
             self.clients = attack.poison(self.clients)
             atomic_write_text(self.run_dir.path / "attack.json", json.dumps(attack.record(), indent=2) + "\n")
             logger.warning("simulated attack %s by clients %s", attack.attack, attack.attackers)
         self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress, self.run_dir, attack)
-        transport = self.transport
         if cfg.privacy.secure_aggregation:  # the round loop gets only the (quantised) sum, as from SecAgg+
-            from fedit.privacy.secagg_transport import SimulatedSecureAggregation
+            return SimulatedSecureAggregation(self.transport, cfg, [len(c) for c in self.clients])
+        return self.transport
 
-            transport = SimulatedSecureAggregation(self.transport, cfg, [len(c) for c in self.clients])
-        evaluate = self.bench.evaluator(test_tok, cfg.federation.eval_batch_size)
-        if attack is not None and attack.attack == "backdoor" and evaluate is not None:
-            evaluate = with_trigger_success(evaluate, self.bench, test, cfg)
-        self.federation = Federation(cfg, strategy, transport, self.run_dir, evaluate=evaluate,
-                                     progress=self.progress,
-                                     known_examples={cid: len(c) for cid, c in enumerate(self.clients)})
-        self.federation.start(self.bench.initial_state, ckpt)
-
-    @property
-    def state(self) -> AdapterState:
-        """The current global adapter."""
-        return self.federation.state
-
-    def run_round(self, round_idx: int) -> dict[str, Any]:
-        """One round of the loop (benchmarks step through rounds one by one)."""
-        return self.federation.run_round(round_idx)
+    def make_evaluator(self, evaluate: EvaluateFn | None, test: Sequence[Example]) -> EvaluateFn | None:
+        if self.attack is not None and self.attack.attack == "backdoor" and evaluate is not None:
+            return with_trigger_success(evaluate, self.bench, test, self.cfg)
+        return evaluate
 
     def finish(self) -> RunResult:
-        state = self.federation.state
-        save_final(self.bench, state, self.run_dir, self.cfg, self.federation.history, self.origin)
-        return RunResult(self.run_dir.path, state, self.federation.history)
-
-    def run(self) -> RunResult:
-        try:
-            self.setup()
-            self.federation.run()
-            return self.finish()
-        finally:  # loss.png and the tracker's files, also when the run stops early
-            self.run_dir.close()
-
-
-def save_final(bench: Workbench, state: AdapterState, run_dir: RunDir, cfg: Config,
-               history: Sequence[dict[str, Any]], origin: dict[str, Any]) -> None:
-    """``final/``: the adapter, the tokenizer and a model card (the simulation and the ServerApp)."""
-    card = run_card(cfg, history, origin, run_dir.final_dir)
-    try:
-        save_adapter(bench.model, state, run_dir.final_dir, bench.base.path, tokenizer=bench.tokenizer, card=card)
-    except Exception as exc:  # a full disk: the checkpoints still hold every round
-        raise CheckpointError(f"cannot write the final adapter to {run_dir.final_dir} ({exc}); no data was lost: "
-                              f"every round is checkpointed, write it with --resume once there is space"
-                              .replace("\n", " ")) from None
-    logger.info("final adapter written to %s", run_dir.final_dir)
+        super().finish()
+        return RunResult(self.run_dir.path, self.federation.state, self.federation.history)
 
 
 def with_trigger_success(evaluate: Callable[[AdapterState], dict], bench: Workbench, test: Sequence[Example],

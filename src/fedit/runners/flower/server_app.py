@@ -1,9 +1,9 @@
 """The fedit ServerApp: the core's round loop driving real SuperNodes through Flower's Grid.
 
-setup (run directory, roll call of the nodes, model, test data, strategy, resume) -> the rounds
-of :class:`fedit.runners.federation.Federation` -> ``finish`` (the PEFT adapter in ``final/``).
-This module supplies only the loop's transport, :class:`FlowerClients`: jobs go out as Flower
-train messages, replies come back as updates or failures. It writes the same run directory as
+The run set-up of :class:`fedit.runners.session.Session` (run directory, model, test data, the roll
+call of the nodes, strategy, resume) -> the rounds of :class:`fedit.runners.federation.Federation`
+-> ``final/``. This module supplies only the roll call and the loop's transport,
+:class:`FlowerClients`: jobs go out as Flower train messages, replies come back as updates or failures. It writes the same run directory as
 ``fedit run`` (config.yaml, metrics.jsonl, checkpoints/, final/), plus ``nodes.json`` (which node
 is which client). A failed node costs only its update; a round with fewer than ``min-nodes``
 valid updates stops the run before anything is written for it.
@@ -27,17 +27,12 @@ from fedit.client_lora import ClientLora, canonical_targets
 from fedit.config import Config, DeployConfig
 from fedit.errors import FeditError, UpdateError
 from fedit.fileio import atomic_write_text
-from fedit.data.fingerprint import data_fingerprint, with_absolute_paths
-from fedit.model import adapter_config, check_client_targets, model_origin
-from fedit.provenance import provenance
-from fedit.runners.common import Workbench, build_workbench, load_test
-from fedit.runners.federation import ClientFailure, Federation, Reply
+from fedit.runners.federation import ClientFailure, Reply, Transport
 from fedit.runners.flower import wire
 from fedit.runners.flower.exchange import exchange, unlisted_failures
 from fedit.runners.flower.roll_call import assign_indices
-from fedit.runners.rundir import RunDir
-from fedit.runners.simulation import save_final
-from fedit.server import build_strategy, check_methods
+from fedit.runners.session import Roster, Session
+from fedit.server import check_methods
 from fedit.server.build import client_layouts
 
 # What a refusal of the clients' adapters names in a deployment: the run's flags or the nodes' own config.
@@ -99,41 +94,31 @@ class FlowerClients:
         pass
 
 
-class FlowerServer:
-    """setup() -> the round loop -> finish(), over the nodes of a Flower Grid."""
+class FlowerServer(Session):
+    """The run set-up of :class:`fedit.runners.session.Session` over the nodes of a Flower Grid:
+    the clients are the nodes that answer the roll call, once the run directory exists."""
+
+    fingerprint_fields = ("test_data",)  # the training data lives on the nodes
 
     def __init__(self, grid: Grid, settings: ServerSettings) -> None:
-        self.grid, self.s, self.cfg = grid, settings, settings.cfg
-        self.run_dir = RunDir(settings.out)
+        super().__init__(settings.cfg, settings.out, resume=settings.resume)
+        self.grid, self.s = grid, settings
+        self.min_updates = settings.deploy.min_nodes
 
-    def setup(self) -> None:
-        """Checks, test data and the model before anything is written, then the roll call."""
-        self.cfg = cfg = with_absolute_paths(self.cfg)
-        deploy = self.s.deploy
-        check_methods(cfg)
+    def check(self, cfg: Config) -> None:
         wire.check_deployable(cfg)
-        test = load_test(cfg)
-        fingerprint = data_fingerprint(cfg, ("test_data",))  # the training data lives on the nodes
-        self.run_dir.check(cfg, self.s.resume, fingerprint)
-        self.bench: Workbench = build_workbench(cfg)
-        self.origin = model_origin(cfg.model.model, self.bench.base.path)
-        ckpt = self.run_dir.prepare(cfg, self.s.resume, fingerprint=fingerprint,
-                                    provenance={**provenance(), "model": self.origin})
-        self.run_dir.adapter_config = adapter_config(self.bench.model, self.bench.base.path)
+
+    def late_clients(self, cfg: Config) -> Roster:
         self.nodes, sizes = self._roll_call()
         check_methods(cfg, self.layouts, NODE_FLAGS)
-        check_client_targets(self.bench.model, [lay.targets for lay in self.layouts])
-        test_tok = self.bench.tokenize(test, cfg.data, train_on_prompt=False)
-        cfg.federation.clients_to_sample(len(self.nodes), "the nodes that answered the roll call")
-        transport = FlowerClients(self.grid, self.nodes, deploy.round_timeout)
+        return Roster(len(self.nodes), "the nodes that answered the roll call", self.layouts, sizes)
+
+    def make_transport(self, cfg: Config, roster: Roster) -> Transport:
         if cfg.privacy.secure_aggregation:  # Flower's SecAgg+: the loop gets only the sum of the updates
             from fedit.runners.flower.secagg import SecureFlowerClients
 
-            transport = SecureFlowerClients(self.grid, self.nodes, sizes, cfg, deploy.round_timeout)
-        self.federation = Federation(cfg, build_strategy(cfg, len(self.nodes), self.layouts), transport, self.run_dir,
-                                     evaluate=self.bench.evaluator(test_tok, cfg.federation.eval_batch_size),
-                                     min_updates=deploy.min_nodes, known_examples=sizes)
-        self.federation.start(self.bench.initial_state, ckpt)
+            return SecureFlowerClients(self.grid, self.nodes, roster.known_examples, cfg, self.s.deploy.round_timeout)
+        return FlowerClients(self.grid, self.nodes, self.s.deploy.round_timeout)
 
     def _wait_for_nodes(self) -> list[int]:
         deadline = time.monotonic() + self.s.deploy.node_timeout
@@ -207,17 +192,6 @@ class FlowerServer:
             targets = str(answer.get(wire.LORA_TARGETS_KEY) or "") or defaults[index].targets
             layouts.append(ClientLora(rank, canonical_targets(targets)))
         return layouts
-
-    def finish(self) -> None:
-        save_final(self.bench, self.federation.state, self.run_dir, self.cfg, self.federation.history, self.origin)
-
-    def run(self) -> None:
-        try:
-            self.setup()
-            self.federation.run()
-            self.finish()
-        finally:  # loss.png and the tracker's files, also when a round stops the run
-            self.run_dir.close()
 
 
 def _index(value: Any) -> int:

@@ -7,7 +7,7 @@ example), so every token sees exactly what it sees in a padded batch: packing is
 float rounding. The next-token targets are shifted per example, so no token predicts the first
 token of the next example. Linear layers then run on ``N`` real tokens instead of
 ``rows x longest`` and a client's tokens form one contiguous block of rows (the per-client LoRA
-of :mod:`fedit.client.fused` slices it without copying).
+of :mod:`fedit.client.engines.fused_kernel` slices it without copying).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from fedit.client.loss import _plain_head
 from fedit.data.prompts import IGNORE_INDEX, TokenizedExample
 
 ATTENTION_NAME = "fedit_packed"
@@ -75,7 +76,7 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     """
     bounds = getattr(_local, "bounds", None)
     if bounds is None:
-        raise RuntimeError("packed attention used outside fedit.client.packed.activate()")
+        raise RuntimeError("packed attention used outside fedit.client.engines.packed.activate()")
     gqa = query.shape[1] != key.shape[1]
     sizes = [end - start for start, end in bounds]
     # split (not slices): its backward is one cat, where each slice would add a zero-filled copy
@@ -114,8 +115,6 @@ class activate:
 
 def packed_token_losses(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     """Per-token fp32 cross-entropy at the labelled positions of a packed batch (in row order)."""
-    from fedit.client.loss import _plain_head
-
     plain = _plain_head(model)
     if plain is None:
         raise RuntimeError("packed training needs a model whose logits are lm_head(hidden)")

@@ -1,4 +1,4 @@
-"""Fused LoRA for local training: fewer, larger matmuls; cheap dropout; several adapters at once.
+"""The fused LoRA kernel: fewer, larger matmuls; cheap dropout; several adapters at once.
 
 PEFT computes every adapted projection on its own: ``base(x) + B(A(dropout(x))) * scale``, i.e.
 per decoder layer seven base matmuls, seven dropout masks and fourteen rank-r matmuls. Here,
@@ -11,50 +11,29 @@ one base matmul over the concatenated frozen weights (the modules' own weights b
 it, so no memory is added), one dropout mask per input instead of one per projection, one A
 and one B matmul added to the base output in the same pass (addmm). Each projection still sees
 every input element dropped independently with probability p, as with PEFT; projections that
-share an input share the mask. The masks come from :mod:`fedit.client.dropout`: per example,
+share an input share the mask. The masks come from :mod:`fedit.client.engines.dropout`: per example,
 independent of batching, so a client trained alone and the same client trained in one pass with
-others (:mod:`fedit.client.multilora`) draw the same masks.
+others (fedit.client.trainer) draw the same masks.
 
 Rows belong to adapter *slots* (one per client trained in the pass): the base matmul runs once
 over all rows, and each slot's contiguous block of rows goes through that slot's own A and B.
+Which models and layers it may run on is decided in :mod:`fedit.client.engines.fused`.
 """
 
 from __future__ import annotations
 
 import functools
-import weakref
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-import peft
 import torch
 import torch.nn.functional as F
 
-from fedit.client.dropout import DropoutStreams, DroppedLinear
-from fedit.client.packed import PackedBatch, packed_token_losses, pack
-from fedit.data.prompts import TokenizedExample
+from fedit.client.engines.dropout import DropoutStreams, DroppedLinear
+from fedit.client.engines.packed import PackedBatch, packed_token_losses
 from fedit.model import adapter_parameters, autocast
 
-SUPPORTED_MODELS = ("llama",)  # packed attention and the shared-input groups are checked on these
-SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 Weights = Mapping[str, torch.Tensor]   # wire key -> LoRA tensor (A: [r, in], B: [out, r])
-
-
-def why_unsupported(model: torch.nn.Module) -> str | None:
-    """Why the fused path cannot train ``model`` exactly, or None when it can."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kind = getattr(getattr(causal, "config", None), "model_type", None)
-    if kind not in SUPPORTED_MODELS:
-        return f"model type {kind!r} (fused LoRA supports {', '.join(SUPPORTED_MODELS)})"
-    name = "is_activation_checkpointing" if hasattr(type(causal), "is_activation_checkpointing") \
-        else "is_gradient_checkpointing"
-    if getattr(causal, name, False):
-        return "gradient checkpointing is on"
-    try:
-        _sites(model)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 @dataclass
@@ -67,30 +46,6 @@ class Site:
     key_b: str
     scaling: float
     dropout: float
-
-
-def _sites(model: torch.nn.Module) -> list[Site]:
-    by_module: dict[str, dict[str, str]] = {}
-    for key in adapter_parameters(model):
-        name, _, rest = key.rpartition(".lora_")
-        by_module.setdefault(name, {})[rest.split(".")[0]] = key
-    sites = []
-    for name, keys in by_module.items():
-        module = model.get_submodule(name)
-        if not isinstance(module, peft.tuners.lora.layer.Linear) or set(keys) != {"A", "B"}:
-            raise ValueError(f"{name}: not a plain LoRA linear layer")
-        adapters = module.active_adapters
-        if len(adapters) != 1 or module.merged or module.disable_adapters or module.fan_in_fan_out:
-            raise ValueError(f"{name}: merged, disabled, transposed or several active adapters")
-        adapter = adapters[0]
-        if adapter in module.lora_variant or module.lora_B[adapter].bias is not None:
-            raise ValueError(f"{name}: a LoRA variant (DoRA...) or a LoRA bias")
-        drop = module.lora_dropout[adapter]
-        sites.append(Site(name, module, keys["A"], keys["B"], float(module.scaling[adapter]),
-                          float(drop.p) if isinstance(drop, torch.nn.Dropout) else 0.0))
-    if not sites:
-        raise ValueError("no LoRA layers")
-    return sites
 
 
 class _Pass:
@@ -168,29 +123,29 @@ class Group:
 
 
 class FusedLora:
-    """The groups of one PEFT model, built once; :meth:`active` routes its LoRA layers through them."""
+    """The groups of one PEFT model's adapted projections (``sites``, of a model the fused engine
+    supports; ``shared_inputs``: names of the projections that read the same input, first name
+    first), built once; :meth:`losses` routes its LoRA layers through them."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        reason = why_unsupported(model)
-        if reason is not None:
-            raise ValueError(reason)
+    def __init__(self, model: torch.nn.Module, sites: Sequence[Site],
+                 shared_inputs: Sequence[Sequence[str]]) -> None:
         self.model = model
         self.keys = frozenset(adapter_parameters(model))
-        sites = {s.name: s for s in _sites(model)}
+        pending = {s.name: s for s in sites}
         groups: list[Group] = []
-        for name in list(sites):
-            site = sites.get(name)
+        for name in list(pending):
+            site = pending.get(name)
             if site is None:
                 continue
             parent, _, leaf = name.rpartition(".")
             members = [site]
-            for names in SHARED_INPUTS:
+            for names in shared_inputs:
                 if leaf == names[0]:
-                    members = [sites[f"{parent}.{n}"] for n in names if f"{parent}.{n}" in sites]
+                    members = [pending[f"{parent}.{n}"] for n in names if f"{parent}.{n}" in pending]
             if len({(m.dropout, m.module.base_layer.in_features) for m in members}) > 1:
                 members = [site]
             for m in members:
-                sites.pop(m.name)
+                pending.pop(m.name)
             groups.append(Group(members))
         self.groups = groups
 
@@ -218,40 +173,3 @@ class FusedLora:
                 group._pass, group._cache = None, None
 
 
-_ENGINES: weakref.WeakKeyDictionary[torch.nn.Module, FusedLora] = weakref.WeakKeyDictionary()
-
-
-def fused_engine(model: torch.nn.Module) -> FusedLora:
-    """The model's FusedLora, built on first use and rebuilt if its adapter or base weights changed."""
-    engine = _ENGINES.get(model)
-    if engine is None or not engine.is_current(model):
-        engine = _ENGINES[model] = FusedLora(model)
-    return engine
-
-
-def slot_loss_sums(batch: PackedBatch, losses: torch.Tensor, slots: int) -> torch.Tensor:
-    """Sum of the token losses of each slot ([slots], fp32)."""
-    keep = batch.targets != -100
-    owner = torch.empty(batch.num_tokens, dtype=torch.long)
-    for slot, start, end in batch.blocks:
-        owner[start:end] = slot
-    owner = owner[keep].to(losses.device)
-    return torch.zeros(slots, dtype=losses.dtype, device=losses.device).index_add(0, owner, losses)
-
-
-def example_seed(client_seed: int, position: int) -> tuple[int, int, int]:
-    """The dropout stream of the example at ``position`` of a client's local round (plan order)."""
-    return (client_seed, 0x4C6F5241, position)
-
-
-def micro_batch_losses(model: torch.nn.Module, groups: Sequence[tuple[int, Sequence[TokenizedExample], int]],
-                       weights: Sequence[Weights], device: torch.device,
-                       autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, int]:
-    """Per-slot loss sums of one packed pass and its token count.
-
-    ``groups`` is ``[(slot, examples, (client seed, position of the first example)), ...]``.
-    """
-    batch = pack([(slot, exs) for slot, exs, _ in groups])
-    seeds = [example_seed(cseed, first + i) for _, exs, (cseed, first) in groups for i in range(len(exs))]
-    losses = fused_engine(model).losses(batch, weights, seeds, device, autocast_dtype)
-    return slot_loss_sums(batch, losses, len(weights)), batch.num_tokens
