@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fedit.methods.base import option as _opt
-from fedit.methods.base import require as _require
+from fedit.method_api import option as _opt
+from fedit.method_api import require as _require
 from fedit.schema import Section as _Section
 
 @dataclass

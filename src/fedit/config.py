@@ -22,17 +22,16 @@ import yaml
 from fedit import registry
 from fedit.command_settings import EXTRA_SECTIONS, DeployConfig, ExportConfig, SamplingConfig
 from fedit.errors import ConfigError
-from fedit.methods.base import flag
-from fedit.methods.base import option as _opt
-from fedit.methods.base import require as _require
-from fedit.methods.privacy.dp_fedavg import DP_MODES
+from fedit.method_api import flag
+from fedit.method_api import option as _opt
+from fedit.method_api import require as _require
 from fedit.schema import Section as _Section
 from fedit.schema import compose, method_sections, selector
 from fedit.sections import (ATTACK_NAMES, BY_FIELD, CODEC_NAMES, LOGGERS, LORA_AGGREGATIONS, LORA_KERNELS,
                             LR_SCHEDULES, PARTITION_NAMES, ROBUST_NAMES, STRATEGY_NAMES, TEMPLATE_NAMES, DataConfig,
                             FederationConfig, LoraConfig, ModelConfig, TrainConfig, default_server_lr, parse_columns)
 
-__all__ = ["ATTACK_NAMES", "BY_FIELD", "CODEC_NAMES", "DP_MODES", "LOGGERS", "LORA_AGGREGATIONS", "LORA_KERNELS",
+__all__ = ["ATTACK_NAMES", "BY_FIELD", "CODEC_NAMES", "LOGGERS", "LORA_AGGREGATIONS", "LORA_KERNELS",
            "LR_SCHEDULES", "PARTITION_NAMES", "ROBUST_NAMES", "STRATEGY_NAMES", "TEMPLATE_NAMES", "DataConfig",
            "DeployConfig", "EXTRA_SECTIONS", "ExportConfig", "ModelConfig", "SamplingConfig", "default_server_lr",
            "flag", "parse_columns"]

@@ -2,7 +2,7 @@
 
 fedit's own methods are declared in its pyproject.toml exactly as a plugin declares its own
 (``[project.entry-points."fedit.methods"] NAME = "package.module:METHOD"``), so the built-ins prove
-the plugin path every day. Each entry point names a :class:`fedit.methods.base.Method`; loading it
+the plugin path every day. Each entry point names a :class:`fedit.method_api.Method`; loading it
 imports only its light declaration (no torch), so ``--help`` stays fast. An unknown name is refused
 with the known list; a plugin that fails to load is skipped with a warning (fedit's own must load).
 """
@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from fedit.errors import ConfigError
-from fedit.methods.base import KINDS, Method
+from fedit.method_api import KINDS, Method
 
 logger = logging.getLogger(__name__)
 

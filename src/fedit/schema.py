@@ -2,7 +2,7 @@
 
 A section (``federation``, ``privacy``...) is a dataclass: the run's own fields, declared in
 fedit.config, plus the options of every registered method whose ``Method.section`` is that section
-(fedit.registry). Each field has one default and one help (:func:`fedit.methods.base.option`); the
+(fedit.registry). Each field has one default and one help (:func:`fedit.method_api.option`); the
 CLI flags, the YAML keys and the Flower run config all come from it. A kind whose methods are chosen
 by name has a selector field (``--strategy``, ``--robust``...) whose choices are the registered names.
 """
@@ -15,7 +15,7 @@ import typing
 from typing import Any
 
 from fedit import registry
-from fedit.methods.base import Method, flag, option, require
+from fedit.method_api import Method, flag, option, require
 
 __all__ = ["Section", "compose", "flag", "option", "option_groups", "require", "selector"]
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedit import registry
-from fedit.methods.base import option as _opt
-from fedit.methods.base import require as _require
-from fedit.methods.strategies.options import SERVER_LR
+from fedit.method_api import option as _opt
+from fedit.method_api import require as _require
 from fedit.schema import Section as _Section
 from fedit.schema import selector
 
+# --server-lr when it is not given and the strategy declares none of its own (the plain average's step).
+SERVER_LR = 1.0
 PARTITION_NAMES = ("iid", "dirichlet", "shards", "files")
 BY_FIELD = "by-field:"  # --partition by-field:FIELD: one client per value of a record field
 TEMPLATE_NAMES = ("chat", "alpaca")

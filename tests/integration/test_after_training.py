@@ -73,7 +73,7 @@ def test_export_writes_a_plain_transformers_folder(exported, run_dir):
 
 def test_merged_model_answers_as_the_adapter_does(exported, run_dir, capsys):
     from fedit.eval.sampling import generate_texts, instruction_prompt
-    from fedit.eval.source import load_source_model, resolve_source
+    from fedit.runners.source import load_source_model, resolve_source
 
     bench = load_source_model(resolve_source({}, run=str(run_dir)))
     sampling = SamplingConfig(max_new_tokens=12)

@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from fedit.client.job import ClientJob, ClientUpdate, check_client_config
-from fedit.comm.codecs import decode, encode, topk_count
-from fedit.comm.compress import AUX, RESIDUAL, Compression, compress_update, decode_update
+from fedit.comm.codecs import decode, encode
+from fedit.comm.topk import topk_count
+from fedit.client.compress import RESIDUAL, compress_update
+from fedit.comm.codecs import AUX
+from fedit.server.compression import Compression, decode_update
 from fedit.config import Config
 from fedit.errors import ConfigError, UpdateError
 from fedit.server import FedAvg, build_strategy

@@ -17,7 +17,7 @@ DESCRIPTION = ("Export a tuned model: the adapter merged into its base model as 
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fedit.eval.source import resolve_source
+    from fedit.runners.source import resolve_source
     from fedit.export.hub import push_folder
     from fedit.export.merge import export_model
 

@@ -1,4 +1,4 @@
-"""The commands that use a tuned model (``--run`` or ``--adapter``, see fedit.eval.source):
+"""The commands that use a tuned model (``--run`` or ``--adapter``, see fedit.runners.source):
 ``fedit eval`` (held-out loss), ``fedit generate`` (one prompt, or a file of prompts) and
 ``fedit chat`` (in the terminal). Torch-free at import (the parser is built for every ``fedit``
 command); the work is imported when a command runs."""
@@ -39,7 +39,7 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
 def _load(args: argparse.Namespace):
     import torch
 
-    from fedit.eval.source import load_source_model, resolve_source
+    from fedit.runners.source import load_source_model, resolve_source
 
     source = resolve_source(given_flags(args), run=args.run, adapter=args.adapter)
     bench = load_source_model(source)
@@ -48,8 +48,8 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fedit.eval.cli_support import evaluate_model
-    from fedit.eval.source import resolve_source
+    from fedit.runners.source import evaluate_model
+    from fedit.runners.source import resolve_source
 
     source = resolve_source(given_flags(args), run=args.run, adapter=args.adapter, preset=DEFAULT_PRESET)
     print(json.dumps(evaluate_model(source), indent=2, default=float))

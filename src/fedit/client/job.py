@@ -17,66 +17,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from fedit.client.compress import CodecClient
 from fedit.client.runs import ClientRun, Correction
+from fedit.client.types import ClientJob, ClientState, ClientUpdate, PooledUpdate, Scalar  # noqa: F401 (re-exported)
 from fedit.config import TrainConfig
 from fedit.data.prompts import TokenizedExample
 from fedit.errors import ConfigError
-from fedit.model import AdapterState
-from fedit.methods.base import ClientKey, Method
-from fedit.methods.codecs.common import codec_client
+from fedit.method_api import ClientKey, Method
 from fedit.registry import all_methods
 from fedit.schedules import SCHEDULES, step_lr
-
-Scalar = bool | int | float | str
-ClientState = dict[str, AdapterState]
-
-
-@dataclass
-class ClientJob:
-    """What the server sends one client for one round."""
-
-    client_id: int
-    round: int
-    state: AdapterState                                          # the global adapter (as this client sees it)
-    config: dict[str, Scalar] = field(default_factory=dict)      # see CLIENT_KEYS
-    arrays: dict[str, AdapterState] = field(default_factory=dict)  # extra tensors (e.g. a control variate)
-
-
-@dataclass
-class ClientUpdate:
-    """What a client sends back: the adapter, its weight for aggregation, metrics, extra tensors."""
-
-    client_id: int
-    state: AdapterState
-    num_examples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    arrays: dict[str, AdapterState] = field(default_factory=dict)
-
-
-@dataclass
-class PooledUpdate(ClientUpdate):
-    """Several clients' updates released as one: what secure aggregation returns (the server never
-    sees the members' adapters) and what DP-FedAvg hands its inner strategy (the noised mean).
-
-    ``state`` is the members' mean adapter (weighted as ``weighting`` says), ``num_examples`` the sum
-    of the members' example counts, ``metrics`` their pooled metrics; ``client_id`` is the first
-    member, so the reply is checked against what that client was sent. ``member_metrics`` holds
-    what each member reported besides its adapter (logged as its client record), ``round_metrics``
-    what the pooling reports for the whole round (secure aggregation's bytes and messages).
-    """
-
-    client_ids: list[int] = field(default_factory=list)
-    weighting: str = "examples"                   # "examples" (FedAvg) or "equal" (DP-FedAvg)
-    member_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
-    member_examples: dict[int, int] = field(default_factory=dict)
-    member_claims: dict[int, int] = field(default_factory=dict)   # each member's own claimed count
-    round_metrics: dict[str, Any] = field(default_factory=dict)
-
 
 # The run's own keys of job.config; every method adds its own (fedit.methods: its options marked
 # ``client=`` and its ``client_keys``), so a new method's knob is declared once, in its own module.
@@ -93,13 +46,13 @@ RUN_KEYS: dict[str, ClientKey] = {
     "lr_warmup_steps": ClientKey(int, "per-step schedule: warmup length in local steps"),
     "lr_total_rounds": ClientKey(int, "per-step schedule: the rounds the schedule spans"),
 }
-CODEC_KEY = ClientKey(str, "code the update's delta with this codec: fp16, bf16, int8, topk:K (fedit.comm.compress)")
+CODEC_KEY = ClientKey(str, "code the update's delta with this codec: fp16, bf16, int8, topk:K (fedit.client.compress)")
 
 
 def client_half(method: Method) -> Any:
     """A method's client half (a codec without its own gets the generic coder for its name)."""
     if method.client is None and method.kind == "codec":
-        return codec_client(method.name)()
+        return CodecClient(method.name)
     return method.half("client")
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 from fedit.errors import ConfigError
-from fedit.methods.codecs.topk import INDEX_LIMIT, topk_count
 from fedit.registry import method
 
-__all__ = ["INDEX_LIMIT", "decode", "encode", "topk_count"]
+
+AUX = "compress.aux"     # update.arrays key of a codec's extra tensors
 
 
 def _codec(name: str):

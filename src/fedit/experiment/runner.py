@@ -29,11 +29,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fedit.config import Config, flag
+from fedit.config import Config
 from fedit.errors import ConfigError
 from fedit.experiment.evaluate import GEN_BATCH, evaluate_system, generation_subset
 from fedit.experiment.seeds import SeedPlan, seed_config, seeded_initial_state, split_owners
-from fedit.experiment.settings import ExperimentSettings
+from fedit.experiment.settings import ExperimentSettings, check_same_config
 from fedit.experiment.systems import SystemSpec, budget_rule, choose_local_clients, plan_systems, spec_record
 from fedit.experiment.tracking import ExperimentProgress, units
 from fedit.experiment.training import fedit_training, train_baseline
@@ -93,7 +93,7 @@ class Experiment:
         marker = self.out / "experiment.json"
         if marker.is_file():
             saved = json.loads(marker.read_text())["config"]
-            _check_same_config(saved, self.cfg.to_dict(), marker)
+            check_same_config(saved, self.cfg.to_dict(), marker)
         elif self.out.exists() and any(self.out.iterdir()):
             raise ConfigError(f"--out: {self.out} exists, is not empty and holds no fedit experiment; "
                               "choose another --out")
@@ -260,14 +260,6 @@ class Experiment:
                 "test_records": len(self.test), "test_examples_scored": len(self.first.test_tok),
                 "local_mix": {x.name: dict(Counter(e.category for e in self.clients[x.client]).most_common())
                               for x in self.specs if x.kind == "local"}}
-
-
-def _check_same_config(saved: dict[str, Any], new: dict[str, Any], origin: Path) -> None:
-    for section, values in saved.items():
-        for key, value in values.items():
-            if new.get(section, {}).get(key) != value:
-                raise ConfigError(f"--out: {origin} was made with {flag(key)} {value!r}, not "
-                                  f"{new[section][key]!r}; use the same settings or choose another --out")
 
 
 def run_experiment(cfg: Config, settings: ExperimentSettings, out: str | Path, *,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from fedit.config import flag
 from fedit.errors import ConfigError
 
 LOCAL_BUDGETS = ("every-round", "expected")
@@ -110,3 +112,12 @@ def _local_index(name: str) -> int | None:
     if name.startswith("local-") and name[6:].isdigit() and int(name[6:]) >= 1:
         return int(name[6:])
     return None
+
+
+def check_same_config(saved: dict[str, Any], new: dict[str, Any], origin: Path) -> None:
+    """Refuse a rerun on an experiment folder made with other run settings (one line naming the flag)."""
+    for section, values in saved.items():
+        for key, value in values.items():
+            if new.get(section, {}).get(key) != value:
+                raise ConfigError(f"--out: {origin} was made with {flag(key)} {value!r}, not "
+                                  f"{new[section][key]!r}; use the same settings or choose another --out")

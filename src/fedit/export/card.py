@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedit.eval.source import ModelSource
+from fedit.runners.source import ModelSource
 from fedit.fileio import atomic_write_text
 
 USE_MERGED = """\

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fedit.config import ExportConfig
 from fedit.errors import ConfigError
-from fedit.eval.source import ADAPTER_CONFIG, ModelSource
+from fedit.runners.source import ADAPTER_CONFIG, ModelSource
 from fedit.export.card import write_card
 from fedit.model import resolve_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from fedit.methods.base import flag
+from fedit.method_api import flag
 from fedit.registry import all_methods
 
 

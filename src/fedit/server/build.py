@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from fedit import registry
 from fedit.client_lora import ClientLora, canonical_targets, differing, resolve_clients
-from fedit.comm import compress
+from fedit.server import compression
 from fedit.config import Config
 from fedit.errors import ConfigError
 from fedit.server import defences, scheduled
@@ -78,7 +78,7 @@ def build_strategy(cfg: Config, num_clients: int,
     for method in registry.methods("privacy"):
         if method.server is not None and method.active(cfg):
             strategy = method.half("server")(strategy, cfg)
-    for wrap in (scheduled.wrap, defences.wrap, compress.wrap):
+    for wrap in (scheduled.wrap, defences.wrap, compression.wrap):
         strategy = wrap(strategy, cfg)
     if cfg.privacy.secure_aggregation:
         check_sums_suffice(strategy)

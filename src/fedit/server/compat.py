@@ -1,4 +1,4 @@
-"""Which methods combine, derived from their capabilities (fedit.methods.base.Capabilities), never
+"""Which methods combine, derived from their capabilities (fedit.method_api.Capabilities), never
 from a hand-written matrix: every runner calls :func:`check_methods` before it writes anything, and
 a combination that cannot work is refused in one line naming both flags.
 
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from fedit import registry
 from fedit.client_lora import ClientLora, canonical_targets, listed_layouts
 from fedit.errors import ConfigError
-from fedit.methods.base import Method
+from fedit.method_api import Method
 
 CLIENT_FLAGS = ("--client-ranks", "--client-targets")
 

@@ -2,7 +2,7 @@
 the B's times the shared A is the exact mean of the products. Maths: fedit.server.lora_aggregate."""
 
 from fedit.methods.aggregation.hetero import HeteroOptions
-from fedit.methods.base import Capabilities, Lazy, Method
+from fedit.method_api import Capabilities, Lazy, Method
 
 METHOD = Method("ffa", "aggregation", "A frozen at its seeded init, only B trained and sent (exact)",
                 order=10, options=(HeteroOptions,), section="lora",

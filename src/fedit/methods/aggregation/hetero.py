@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedit.methods.base import option
+from fedit.method_api import option
 
 HETERO_RULES = ("paper", "per-component")
 

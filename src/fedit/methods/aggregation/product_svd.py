@@ -2,7 +2,7 @@
 into the global rank by a truncated SVD. Maths: fedit.server.lora_aggregate.mean_products."""
 
 from fedit.methods.aggregation.hetero import HeteroOptions
-from fedit.methods.base import Capabilities, Lazy, Method
+from fedit.method_api import Capabilities, Lazy, Method
 
 METHOD = Method("product-svd", "aggregation", "FlexLoRA: exact mean of B*A, re-factored by a truncated SVD",
                 order=11, options=(HeteroOptions,), section="lora",

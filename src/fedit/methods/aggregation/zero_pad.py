@@ -2,7 +2,7 @@
 rank, then averaged. Maths: fedit.server.lora_aggregate.mean_factors."""
 
 from fedit.methods.aggregation.hetero import HeteroOptions
-from fedit.methods.base import Capabilities, Lazy, Method
+from fedit.method_api import Capabilities, Lazy, Method
 
 METHOD = Method("zero-pad", "aggregation", "HetLoRA: pad lower ranks with zeros, then average the factors",
                 order=9, options=(HeteroOptions,), section="lora", capabilities=Capabilities(exact=False),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedit.methods.attacks.common import ATTACK, Attackers
-from fedit.methods.base import Lazy, Method, option, require
+from fedit.method_api import Lazy, Method, option, require
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fedit.methods.base import Capabilities, ClientKey, option, require
+from fedit.method_api import Capabilities, ClientKey, option, require
 
 ATTACK = Capabilities(simulation_only=True)
 MODEL_KEYS = {"attack": ClientKey(str, "simulation only: this client is malicious (scale, sign-flip, noise; "

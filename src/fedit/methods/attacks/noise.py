@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedit.methods.attacks.common import ATTACK, MODEL_KEYS, Attackers, ModelAttack
-from fedit.methods.base import Method, option, require
+from fedit.method_api import Method, option, require
 
 
 @dataclass

@@ -2,7 +2,7 @@
 answers). Data poisoning before training: fedit.attacks.swap_responses."""
 
 from fedit.methods.attacks.common import ATTACK, Attackers
-from fedit.methods.base import Lazy, Method
+from fedit.method_api import Lazy, Method
 
 METHOD = Method("poison-responses", "attack", "data poisoning: the attackers' responses shuffled within each client",
                 order=22, options=(Attackers,), capabilities=ATTACK, section="robustness",

@@ -1,1 +1,1 @@
-"""Built-in methods of this kind: one module each (see fedit.methods.base)."""
+"""Built-in methods of this kind: one module each (see fedit.method_api)."""

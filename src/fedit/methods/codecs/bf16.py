@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedit.methods.base import Method
+from fedit.method_api import Method
 from fedit.methods.codecs.common import CODEC, expect
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedit.methods.base import Capabilities, Lazy
+from fedit.method_api import Capabilities, Lazy
 
 CODEC = Capabilities(decoded_by_server=True)
 
@@ -20,7 +20,7 @@ def expect(main: Any, dtype: Any, shape: Any) -> None:
 def codec_client(name: str) -> Lazy:
     """The client half every codec shares, for ``name``: codes the update when a job asks for it."""
     def load() -> Any:
-        from fedit.comm.compress import CodecClient
+        from fedit.client.compress import CodecClient
 
         return CodecClient(name)
 

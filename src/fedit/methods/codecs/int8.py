@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fedit.methods.base import Method, option, require
+from fedit.method_api import Method, option, require
 from fedit.methods.codecs.common import CODEC, expect
 
 

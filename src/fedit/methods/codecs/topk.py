@@ -7,15 +7,10 @@ import dataclasses
 import math
 from typing import Any
 
-from fedit.methods.base import Method
+from fedit.comm.topk import INDEX_LIMIT, topk_count
+from fedit.method_api import Method
 from fedit.methods.codecs.common import CODEC
 
-INDEX_LIMIT = 2**31 - 1
-
-
-def topk_count(n: int, share: float) -> int:
-    """Entries top-k keeps of a tensor of ``n``: ceil(share * n), at least 1."""
-    return max(1, min(n, math.ceil(share * n - 1e-9)))
 
 
 class Codec:

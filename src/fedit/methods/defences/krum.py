@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedit.errors import ConfigError
-from fedit.methods.base import Capabilities, Method, flag, option, require
+from fedit.method_api import Capabilities, Method, flag, option, require
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedit.methods.base import Capabilities, Method
+from fedit.method_api import Capabilities, Method
 
 DEFENCE = Capabilities(needs_each_update=True, coordinatewise=True, uneven_ranks_ok=False)
 

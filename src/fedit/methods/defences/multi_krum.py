@@ -1,6 +1,6 @@
 """multi-krum (El Mhamdi et al., 2018): the m - f updates of lowest Krum score reach the strategy."""
 
-from fedit.methods.base import Method
+from fedit.method_api import Method
 from fedit.methods.defences.krum import SELECTION, Options, Select, check
 
 METHOD = Method("multi-krum", "defence", "keep the m-f updates of lowest Krum score (El Mhamdi et al., 2018)",

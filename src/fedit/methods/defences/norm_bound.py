@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from fedit.methods.base import Capabilities, Method, option, require
+from fedit.method_api import Capabilities, Method, option, require
 
 
 @dataclass

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from fedit.methods.base import Method, option, require
+from fedit.method_api import Method, option, require
 from fedit.methods.defences.median import DEFENCE
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fedit.methods.base import Capabilities, ClientKey, Lazy, Method, option, require
+from fedit.method_api import Capabilities, ClientKey, Lazy, Method, option, require
 
 DP_MODES = ("central", "local")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedit.methods.base import Capabilities, Method, option, require
+from fedit.method_api import Capabilities, Method, option, require
 
 
 @dataclass

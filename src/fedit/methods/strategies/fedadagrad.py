@@ -1,7 +1,7 @@
 """FedAdagrad (Reddi et al., 2021): Adagrad's summed second moment on the server's pseudo-gradient.
 The shared maths is fedit.server.fedopt."""
 
-from fedit.methods.base import Capabilities, Lazy, Method
+from fedit.method_api import Capabilities, Lazy, Method
 from fedit.methods.strategies.options import AdaptiveMoments, ServerStep
 
 METHOD = Method("fedadagrad", "strategy",

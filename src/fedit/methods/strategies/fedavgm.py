@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedit.methods.base import Capabilities, Lazy, Method, option, require
+from fedit.method_api import Capabilities, Lazy, Method, option, require
 from fedit.methods.strategies.options import ServerStep
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fedit.methods.base import Lazy, Method, option, require
+from fedit.method_api import Lazy, Method, option, require
 
 
 @dataclass

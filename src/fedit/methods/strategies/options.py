@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedit.methods.base import option, require
+from fedit.method_api import option, require
 
 # --server-lr when it is not given: a strategy declares its own in Method.defaults (the adaptive
-# optimizers: 1e-3, see fedit.methods.strategies.fedadam), else this (the plain average's step).
-SERVER_LR = 1.0
+# optimizers: 1e-3, see fedit.methods.strategies.fedadam), else fedit.sections.SERVER_LR.
 
 
 @dataclass

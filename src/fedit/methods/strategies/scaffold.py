@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedit.methods.base import Capabilities, ClientKey, Lazy, Method
+from fedit.method_api import Capabilities, ClientKey, Lazy, Method
 from fedit.methods.strategies.options import ServerStep
 
 

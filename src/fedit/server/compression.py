@@ -1,7 +1,7 @@
-"""Update compression: a client-side transform encodes the update's delta, the server decodes it.
+"""Update compression, the server's half: ask every client for coded updates, decode each as it arrives.
 
 ``--compress`` is the server's choice: :class:`Compression` (a strategy wrapper) puts it into every
-job's client config (keys ``compress``, ``compress_block_size``); :func:`compress_update` (a client
+job's client config (keys ``compress``, ``compress_block_size``); :func:`fedit.client.compress.compress_update` (a client
 transform, run after local training in every runner) replaces the update's adapter by the coded
 delta from the adapter the client was sent, with the codec's extra tensor under the update's
 ``arrays["compress.aux"]``; the wrapper's ``receive`` decodes it (``sent + delta``) before the reply
@@ -17,62 +17,16 @@ lives in the node's context for the run.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
 
 import torch
 
-from fedit.client.job import ClientJob, ClientState, ClientUpdate
-from fedit.comm.codecs import decode, encode
+from fedit.client.job import ClientJob, ClientUpdate
+from fedit.comm.codecs import AUX, decode
 from fedit.config import Config, parse_codec
 from fedit.errors import UpdateError
 from fedit.model import AdapterState
-from fedit.registry import method
 from fedit.server.strategy import Strategy, StrategyWrapper
-
-logger = logging.getLogger(__name__)
-
-AUX = "compress.aux"            # update.arrays key of the codec's extra tensors
-RESIDUAL = "compress.residual"  # client-state key of top-k's error feedback
-
-
-def compress_update(update: ClientUpdate, job: ClientJob, client_state: ClientState) -> ClientUpdate:
-    """Client transform: the update with its delta coded as ``job.config['compress']`` asks."""
-    spec = str(job.config.get("compress", "none"))
-    if spec == "none":
-        return update
-    codec, share = parse_codec(spec)
-    block = int(job.config.get("compress_block_size", 64))
-    feedback = method("codec", codec).capabilities.client_state   # top-k's error feedback
-    residual = client_state.get(RESIDUAL, {}) if feedback else {}
-    main: AdapterState = {}
-    aux: AdapterState = {}
-    kept: AdapterState = {}
-    for key, sent in job.state.items():
-        delta = update.state[key].to(torch.float32) - sent.to(torch.float32)
-        if key in residual:
-            delta = delta + residual[key]
-        main[key], extra = encode(codec, delta, share=share, block=block)
-        if extra is not None:
-            aux[key] = extra
-        if feedback:
-            kept[key] = delta - decode(codec, main[key], extra, delta.shape)
-    if feedback:
-        client_state[RESIDUAL] = kept
-    arrays = {**update.arrays, AUX: aux} if aux else dict(update.arrays)
-    return dataclasses.replace(update, state=main, arrays=arrays)
-
-
-class CodecClient:
-    """A codec's client half: codes the update when the job asks for this codec (every codec gets one)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def transform(self, update: ClientUpdate, job: ClientJob, client_state: ClientState) -> ClientUpdate:
-        if str(job.config.get("compress", "none")).partition(":")[0] != self.name:
-            return update
-        return compress_update(update, job, client_state)
 
 
 def decode_update(job: ClientJob, update: ClientUpdate, codec: str, block: int) -> ClientUpdate:

@@ -23,6 +23,8 @@ from typing import Any
 
 from fedit.config import Config
 from fedit.errors import ConfigError, ModelError
+from fedit.runners.common import build_workbench, load_test
+from fedit.runners.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,6 @@ def lora_settings(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_config(run: Path, flag: str) -> Config:
-    from fedit.runners.rundir import RunDir
 
     saved = RunDir(run).saved_config()
     if saved is None:
@@ -116,7 +117,6 @@ def _adapter_base(meta: dict[str, Any], path: Path) -> str:
 def load_source_model(source: ModelSource):
     """A Workbench: the base model wrapped with LoRA shaped like the adapter, carrying its weights."""
     from fedit.model import load_adapter_state, set_adapter_state
-    from fedit.runners.common import build_workbench
 
     bench = build_workbench(source.cfg)
     if source.adapter is not None:
@@ -124,3 +124,18 @@ def load_source_model(source: ModelSource):
         logger.info("adapter %s on %s", source.adapter, bench.base.path)
     bench.model.eval()
     return bench
+
+
+def evaluate_model(source: ModelSource) -> dict[str, Any]:
+    """Held-out response loss/perplexity per category of a model with or without an adapter."""
+    from fedit.model import get_adapter_state
+
+    cfg = source.cfg
+    if cfg.data.test_data is None:
+        raise ConfigError("--test-data: nothing to evaluate on")
+    bench = load_source_model(source)
+    test = bench.tokenize(load_test(cfg), cfg.data, train_on_prompt=False)
+    state = get_adapter_state(bench.model)   # the adapter load_source_model put in (or the initial one)
+    result = bench.evaluate(state, test, cfg.federation.eval_batch_size)
+    adapter = None if source.adapter is None else str(source.adapter)
+    return {"model": cfg.model.model, "adapter": adapter, "test_data": cfg.data.test_data, **result}

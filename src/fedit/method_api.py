@@ -84,7 +84,7 @@ class Method:
 
     - strategy: ``server`` is the Strategy class, built with its options' fields as keyword arguments;
     - aggregation, defence, codec: ``server`` is the object the kind's generic machinery calls
-      (fedit.server.lora_aggregate, fedit.server.defences, fedit.comm.compress);
+      (fedit.server.lora_aggregate, fedit.server.defences, fedit.server.compression);
     - privacy: ``server`` wraps a strategy, ``wrap(strategy, cfg) -> Strategy``;
     - ``client``: an object with ``correction(job, device, state)`` and/or ``transform(update, job,
       state)``, each reading its own keys of the job's client config.
