@@ -15,9 +15,13 @@ from fedit.errors import FeditError
 logger = logging.getLogger(__name__)
 
 
-def _foreground(name: str, argv: list[str], home: Path, print_only: bool, guard: bool = False) -> int:
-    """Run a Flower process in the foreground; Ctrl-C/SIGTERM stop it (and only it) by PID.
-    ``guard``: a SuperNode that runs fedit's app only (fedit.runners.flower.guard)."""
+def _foreground(procs: list[tuple[str, list[str]]], home: Path, print_only: bool, guard: bool = False) -> int:
+    """Run Flower-side processes in the foreground, each once the one before it had 2 s to start
+    listening (the Fleet front forwards to a listening SuperLink); when any ends, or on
+    Ctrl-C/SIGTERM, all are stopped, by PID, and its exit code is returned. ``guard``: a SuperNode
+    that runs fedit's app only (fedit.runners.flower.guard)."""
+    import time
+
     from fedit.runners.flower.guard import guarded_env
     from fedit.runners.flower.launch import shell
     from fedit.runners.flower.processes import flower_env, sigterm_as_interrupt
@@ -27,47 +31,24 @@ def _foreground(name: str, argv: list[str], home: Path, print_only: bool, guard:
         env = guarded_env(env, home / "fedit-guard-bin")
     if print_only:
         path = f"PATH={home / 'fedit-guard-bin'}:$PATH " if guard else ""
-        print(f"FLWR_HOME={home} FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 {path}{shell(argv)}")
+        for _, argv in procs:
+            print(f"FLWR_HOME={home} FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 {path}{shell(argv)}")
         return 0
-    logger.info("%s: %s (FLWR_HOME=%s)", name, shell(argv), home)
-    with sigterm_as_interrupt():  # SIGTERM to fedit must reach the Flower process too
-        proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    started: list[subprocess.Popen] = []
+    with sigterm_as_interrupt():  # SIGTERM to fedit must reach the Flower processes too
         try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            return 130
-        finally:
-            _stop_foreground(proc)
-
-
-def _foreground_pair(first: tuple[str, list[str]], second: tuple[str, list[str]], home: Path,
-                     print_only: bool) -> int:
-    """Two Flower-side processes in the foreground (the SuperLink, then its Fleet front once the
-    SuperLink listens); when either ends, or on Ctrl-C/SIGTERM, both are stopped, by PID."""
-    import time
-
-    from fedit.runners.flower.launch import shell
-    from fedit.runners.flower.processes import flower_env, sigterm_as_interrupt
-
-    env = flower_env(home)
-    if print_only:
-        for _, argv in (first, second):
-            print(f"FLWR_HOME={home} FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 {shell(argv)}")
-        return 0
-    procs: list[subprocess.Popen] = []
-    with sigterm_as_interrupt():
-        try:
-            for name, argv in (first, second):
+            for name, argv in procs:
+                if started:
+                    time.sleep(2.0)
                 logger.info("%s: %s (FLWR_HOME=%s)", name, shell(argv), home)
-                procs.append(subprocess.Popen(argv, env=env, start_new_session=True))
-                time.sleep(0 if len(procs) == 2 else 2.0)   # the front forwards to a listening SuperLink
-            while all(proc.poll() is None for proc in procs):
+                started.append(subprocess.Popen(argv, env=env, start_new_session=True))
+            while all(proc.poll() is None for proc in started):
                 time.sleep(0.5)
-            return next(proc.returncode for proc in procs if proc.poll() is not None)
+            return next(proc.returncode for proc in started if proc.poll() is not None)
         except KeyboardInterrupt:
             return 130
         finally:
-            for proc in procs:
+            for proc in started:
                 _stop_foreground(proc)
 
 
@@ -121,10 +102,10 @@ def add_superlink(sub) -> None:
         if args.insecure_open_control_api:
             warn_open_control_api(f"{args.host}:{args.port}")
             argv = superlink_command(args.host, args.port, tls=tls, auth=args.auth, database=db)
-            return _foreground("superlink", argv, flwr_home(args), args.print_command)
+            return _foreground([("superlink", argv)], flwr_home(args), args.print_command)
         link = superlink_command("127.0.0.1", args.control_port, tls=tls, auth=args.auth, database=db)
         front = front_command(args.host, args.port, args.control_port, tls=tls)
-        return _foreground_pair(("superlink", link), ("fleet-front", front), flwr_home(args), args.print_command)
+        return _foreground([("superlink", link), ("fleet-front", front)], flwr_home(args), args.print_command)
 
     p.set_defaults(func=run)
 
@@ -155,6 +136,6 @@ def add_supernode(sub) -> None:
         argv = supernode_command(args.superlink, args.data, client_index=args.client_index, port=args.port,
                                  root_cert=root, private_key=args.auth_key.resolve() if args.auth_key else None,
                                  lora_rank=args.lora_rank, lora_targets=args.lora_targets)
-        return _foreground("supernode", argv, flwr_home(args), args.print_command, guard=True)
+        return _foreground([("supernode", argv)], flwr_home(args), args.print_command, guard=True)
 
     p.set_defaults(func=run)

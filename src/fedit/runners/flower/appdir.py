@@ -16,8 +16,8 @@ import tomli_w
 
 from fedit.config import DeployConfig
 from fedit.runners.flower import wire
+from fedit.runners.flower.guard import APP_NAME, COMPONENTS, installed_version
 
-APP_NAME = "fedit-flower"
 CONNECTION = "fedit"
 
 APP_PYPROJECT = """\
@@ -40,8 +40,8 @@ packages = ["."]
 publisher = "fedit"
 
 [tool.flwr.app.components]
-serverapp = "fedit.runners.flower.server_app:app"
-clientapp = "fedit.runners.flower.client_app:app"
+serverapp = "{serverapp}"
+clientapp = "{clientapp}"
 
 [tool.flwr.app.config]
 {config}"""
@@ -58,18 +58,9 @@ def write_app(folder: Path) -> Path:
     """Write the app folder (its pyproject.toml) and return the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     config = tomli_w.dumps(default_run_config())
-    (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(name=APP_NAME, version=_version(),
-                                                                config=config))
+    (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(name=APP_NAME, version=installed_version(),
+                                                                config=config, **COMPONENTS))
     return folder
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fedit")
-    except PackageNotFoundError:
-        return "0.1.0"
 
 
 def write_connection(flwr_home: Path, address: str, root_certificates: Path | None,

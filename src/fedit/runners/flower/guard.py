@@ -31,7 +31,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 CLIENTAPP_COMMAND = "flwr-clientapp"
-APP_NAME = "fedit-flower"   # fedit.runners.flower.appdir.APP_NAME (appdir imports wire, which imports torch)
+APP_NAME = "fedit-flower"   # the app fedit.runners.flower.appdir writes (its name and components are these)
 COMPONENTS = {"serverapp": "fedit.runners.flower.server_app:app",
               "clientapp": "fedit.runners.flower.client_app:app"}
 FAB_FILES = {"pyproject.toml", ".info/CONTENT"}
