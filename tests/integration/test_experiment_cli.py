@@ -131,6 +131,30 @@ def test_adapters_carry_tokenizer_and_card_and_results_their_provenance(experime
     assert prov["fedit"] and "torch" in prov["libraries"] and prov["model"]["name"] == "tiny-random"
 
 
+def test_every_system_is_its_own_tracker_run(experiment):
+    """Issue 19.7: --logger (here auto: TensorBoard) tracks every system, not only fedit: its figures as
+    system/*, the config and system as hparams, and a baseline's step losses (a local one's per client)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    results = json.loads((experiment / "results.json").read_text())
+    for name in ("base", "local-1", "local-2", "centralized", "fedit"):
+        acc = EventAccumulator(str(experiment / "systems" / name / "tensorboard" / "system"))
+        acc.Reload()
+        loss = [e.value for e in acc.Scalars("system/loss")]
+        assert loss == [pytest.approx(results["systems"][name]["overall"]["loss"], rel=1e-6)]
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+        assert start.hparams["system"].string_value == name and start.hparams["model"].string_value == "tiny-random"
+    client = results["local_clients"]["local-1"]
+    steps = EventAccumulator(str(experiment / "systems" / "local-1" / "tensorboard" / "steps"))
+    steps.Reload()
+    curve = json.loads((experiment / "systems" / "local-1" / "train.json").read_text())["loss_curve"]
+    assert [e.value for e in steps.Scalars(f"clients/{client}/loss")] == pytest.approx(curve)
+    assert [e.step for e in steps.Scalars("train/loss")] == list(range(1, len(curve) + 1)) and len(curve) == 6
+
+
 def _copy(experiment: Path, tmp_path: Path) -> Path:
     out = tmp_path / "copy"
     shutil.copytree(experiment, out)
