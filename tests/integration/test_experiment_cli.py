@@ -155,6 +155,29 @@ def test_every_system_is_its_own_tracker_run(experiment):
     assert [e.step for e in steps.Scalars("train/loss")] == list(range(1, len(curve) + 1)) and len(curve) == 6
 
 
+def test_judge_requests_and_replies_are_saved(experiment, judge_server):
+    """Issue 19.8: judge.jsonl holds every request the judge sent and the reply it got."""
+    lines = [json.loads(line) for line in (experiment / "judge.jsonl").read_text().splitlines()]
+    sent = [r["body"] for r in judge_server.requests if r["body"] is not None][:len(lines)]
+    assert [line["messages"] for line in lines] == [body["messages"] for body in sent]
+    assert {line["reply"] for line in lines} == {"Scores: 7 4"}
+    assert len(lines) >= 4 * 2 * 2    # 4 systems x 2 questions x 2 orders (later tests of this module add theirs)
+
+
+def test_a_wrong_judge_model_stops_before_training(tmp_path, monkeypatch, capsys):
+    """Issue 19.8: the endpoint was first contacted after every system had trained."""
+    from fedit.experiment import runner
+
+    monkeypatch.setattr(runner, "build_workbench", lambda cfg: pytest.fail("trained before the judge was checked"))
+    out = tmp_path / "exp"
+    with ScriptedJudgeServer([], models=["gpt-4o"]) as server:
+        assert main(_args(out, "--judge-url", server.url, "--judge-model", "gpt-40")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"fedit experiment: error: --judge-model: gpt-40 is not a model of the judge endpoint {server.url}/models "
+        "(it serves gpt-4o)")
+    assert not out.exists()
+
+
 def _copy(experiment: Path, tmp_path: Path) -> Path:
     out = tmp_path / "copy"
     shutil.copytree(experiment, out)

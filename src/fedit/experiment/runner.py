@@ -8,7 +8,7 @@ Layout of ``--out``::
     systems/NAME/result.json        a finished system of the first seed: spec, training, evaluation
     systems/NAME/adapter/           its PEFT adapter (fedit: systems/fedit is a whole `fedit run` dir)
     systems/seed-N/NAME/            the same for the later seeds of --seeds
-    judge/                          cached judge verdicts, one file per pair
+    judge/, judge.jsonl             cached verdicts per pair; every judge request and reply
     results.json, report.md, report.html, *.png
 
 A rerun on the same ``--out`` reuses every system whose result.json matches its spec and the
