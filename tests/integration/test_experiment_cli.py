@@ -291,6 +291,8 @@ def test_seeds_repeat_trained_systems_and_are_reused(tmp_path):
     assert [results["runs"]["fedit"][s]["overall"]["loss"] for s in ("42", "43")] != [fedit["mean"]] * 2
     md = (out / "report.md").read_text()
     assert "mean ± sd over 2 seeds" in md and "Seeds: 42, 43 (training seeds; one data split)." in md
+    assert "## Training loss of every system (mean ± sd over 2 seeds)" in md and (out / "training_loss.svg").is_file()
+    assert "## Global held-out loss per round (mean ± sd over 2 seeds)" in md   # issue 19.9: seed bands
     assert results["comparisons"]["local-1"]["loss"]["seeds"] == 2
     before = {p: p.stat().st_mtime_ns for p in out.glob("systems/**/result.json")}
     assert len(before) == 5
