@@ -20,11 +20,12 @@ class ScriptedJudgeServer:
     that carries ``max_tokens`` gets OpenAI's 400 for newer models (not taken from the script).
     A reply whose headers set a Content-Type other than JSON sends ``content`` as the raw body (an
     HTML page). ``GET /v1/models`` lists ``models`` (OpenAI's list object), or is a 404 when None.
-    It records every request body and Authorization header; it is not a model."""
+    It records every POST's body and Authorization header (``requests``) and every GET's path
+    (``gets``); it is not a model."""
 
     def __init__(self, script: list[tuple], reject_max_tokens: bool = False,
                  models: list[str] | None = None) -> None:
-        self.script, self.requests = list(script), []
+        self.script, self.requests, self.gets = list(script), [], []   # POSTs (bodies), GET paths
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,7 +52,7 @@ class ScriptedJudgeServer:
                 self.wfile.write(data)
 
             def do_GET(self):  # noqa: N802 (http.server API)
-                outer.requests.append({"path": self.path, "body": None, "auth": self.headers.get("Authorization")})
+                outer.gets.append(self.path)
                 if models is None or not self.path.endswith("/models"):
                     self.send_error(404)
                     return

@@ -158,7 +158,7 @@ def test_every_system_is_its_own_tracker_run(experiment):
 def test_judge_requests_and_replies_are_saved(experiment, judge_server):
     """Issue 19.8: judge.jsonl holds every request the judge sent and the reply it got."""
     lines = [json.loads(line) for line in (experiment / "judge.jsonl").read_text().splitlines()]
-    sent = [r["body"] for r in judge_server.requests if r["body"] is not None][:len(lines)]
+    sent = [r["body"] for r in judge_server.requests][:len(lines)]
     assert [line["messages"] for line in lines] == [body["messages"] for body in sent]
     assert {line["reply"] for line in lines} == {"Scores: 7 4"}
     assert len(lines) >= 4 * 2 * 2    # 4 systems x 2 questions x 2 orders (later tests of this module add theirs)
@@ -235,8 +235,10 @@ def test_fig3_every_system_against_reference_answers_with_the_vicuna_prompt(expe
 def test_reference_answers_must_match_the_questions(experiment, tmp_path, capsys):
     questions, answers = _questions(tmp_path)
     answers.write_text('{"question_id": 1, "text": "x"}\n')
-    assert main(_args(experiment, "--systems", "fedit", "--judge-url", "http://127.0.0.1:9/v1", "--judge-model",
-                      "m", "--judge-questions", str(questions), "--judge-reference", str(answers))) == 2
+    with ScriptedJudgeServer([]) as server:   # reachable (the endpoint is checked first), never asked to judge
+        assert main(_args(experiment, "--systems", "fedit", "--judge-url", server.url, "--judge-model",
+                          "m", "--judge-questions", str(questions), "--judge-reference", str(answers))) == 2
+    assert server.requests == []
     assert capsys.readouterr().err.strip().endswith(f"--judge-reference: {answers} has no answer for question_id 2")
     assert main(_args(experiment, "--judge-url", "http://x/v1", "--judge-model", "m", "--judge-reference",
                       str(answers))) == 2

@@ -99,7 +99,7 @@ def test_check_names_a_model_the_endpoint_does_not_serve():
             ChatClient(_settings(server.url, model="gpt-40")).check()
     assert str(err.value) == (f"--judge-model: gpt-40 is not a model of the judge endpoint {server.url}/models "
                               "(it serves gpt-4o, judge-test)")
-    assert [r["path"] for r in server.requests] == ["/v1/models", "/v1/models"]   # no chat request paid for
+    assert server.gets == ["/v1/models", "/v1/models"] and server.requests == []   # no chat request paid for
 
 
 def test_check_an_unreachable_endpoint_and_one_without_a_model_list():
