@@ -105,11 +105,15 @@ def section_from_args(cls: type, args: argparse.Namespace):
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
-    """Preset (``--config``) or ``base``, then every flag the user gave on top."""
+def config_from_args(args: argparse.Namespace, base: Config | None = None, *, samples: bool = True) -> Config:
+    """Preset (``--config``) or ``base``, then every flag the user gave on top. ``samples=False``:
+    the command samples no clients (fedit partition), so the run's per-round sampling, flags it does
+    not have, is set to every client (--fraction 1) rather than checked against its --num-clients."""
     cfg = base if base is not None else load_config(getattr(args, "config", None) or DEFAULT_PRESET)
     owners = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in owners}
+    if not samples:
+        given["fraction"] = 1.0
     return cfg.override(given) if given else cfg
 
 

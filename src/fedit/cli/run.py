@@ -44,7 +44,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
     from fedit.data import write_partition
     from fedit.runners.common import load_clients
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, samples=False)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FeditError(f"--out: {out} exists and is not empty; choose another --out")
