@@ -13,6 +13,8 @@ import sys
 import typing
 from typing import Any, Callable, Sequence
 
+import yaml
+
 from fedit.config import SECTIONS, Config, config_layers, field_origins, flag, load_config, preset_names
 from fedit.errors import ConfigError
 from fedit.schema import option_groups
@@ -137,6 +139,30 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
             action = group.add_argument(flag(f.name), **kwargs)
             if sections is None:
                 action.field_help, action.field_default = f.metadata["help"], f.default  # type: ignore[attr-defined]
+    if sections is None and names is None:
+        parser.add_argument("--set", action="append", dest="set_values", metavar="SECTION.KEY=VALUE",
+                            help="set a key of the config file's layout (repeatable), e.g. --set train.lr=1e-4; "
+                                 "VALUE reads as KEY's flag reads it (--lr 1e-4); flags given by name win")
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``--set SECTION.KEY=VALUE`` items as flat {field: value}: VALUE converted as the field's flag
+    converts it (booleans read as YAML: true/false), no grammar of its own."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not (sep and dot):
+            raise ConfigError(f"--set: expected SECTION.KEY=VALUE, got {item!r}")
+        cls = SECTIONS.get(section)
+        if cls is None or name not in {f.name for f in dataclasses.fields(cls)}:
+            raise ConfigError(f"--set: unknown key '{key.strip()}' (the keys are a config file's, e.g. train.lr)")
+        hint = typing.get_type_hints(cls)[name]
+        try:
+            out[name] = yaml.safe_load(text) if hint is bool else _field_type(hint)(text)
+        except (ValueError, yaml.YAMLError):
+            raise ConfigError(f"--set {key.strip()}: cannot read {text!r} as {_field_type(hint).__name__}") from None
+    return out
 
 
 def section_from_args(cls: type, args: argparse.Namespace):
@@ -162,7 +188,8 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None, *, pr
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The run-config flags the user passed (flags default to 'not given')."""
     owners = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in owners}
+    return {**parse_set(getattr(args, "set_values", None) or []),
+            **{k: v for k, v in vars(args).items() if k in owners}}
 
 
 def config_source(args: argparse.Namespace, preset: str = DEFAULT_PRESET, base: str | None = None) -> str:
@@ -180,8 +207,6 @@ def config_source(args: argparse.Namespace, preset: str = DEFAULT_PRESET, base: 
 def log_config(cfg: Config, source: str | None = None) -> None:
     """The resolved config, once at the start: one short YAML line per section, after the presets,
     files and flags it was made of (``source``, see :func:`config_source`)."""
-    import yaml
-
     text = yaml.safe_dump(cfg.to_dict(), default_flow_style=None, sort_keys=False, width=96)
     logger.info("resolved config%s:\n%s", f" ({source})" if source else "", text.rstrip())
 
