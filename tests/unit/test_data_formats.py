@@ -91,12 +91,18 @@ def test_a_folder_of_mixed_formats_is_one_client_per_file_and_fingerprinted(file
         [files["arrow"].name, "dataset_info.json", "state.json"])
 
 
-def test_cli_partition_reads_parquet_with_columns(files, tmp_path, capsys):
+def test_cli_partition_reads_parquet_with_columns(files, tmp_path, capfd):
     out = tmp_path / "parts"
     assert main(["partition", "--data", str(files["parquet"]), "--columns", COLUMNS, "--partition", "by-field:user",
                  "--out", str(out)]) == 0
-    assert '"clients": [1, 1]' in capsys.readouterr().out
+    assert '"clients": [1, 1]' in capfd.readouterr().out
     assert main(["partition", "--data", str(files["parquet"]), "--partition", "iid", "--num-clients", "1",
                  "--out", str(tmp_path / "p2")]) == 2
-    assert capsys.readouterr().err == (f"fedit partition: error: {files['parquet']}: record 1: missing field "
-                                       "'instruction'\n")
+    assert capfd.readouterr().err == (f"fedit partition: error: {files['parquet']}: record 1: missing field "
+                                      "'instruction'\n")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    assert main(["partition", "--data", str(bad), "--out", str(tmp_path / "p3")]) == 2
+    assert capfd.readouterr().err == (f"fedit partition: error: {bad}: cannot read as parquet (Parquet magic bytes "
+                                      "not found in footer. Either the file is corrupted or this is not a parquet "
+                                      "file.)\n")           # one line: not datasets' own log lines too

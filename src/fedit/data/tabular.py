@@ -11,7 +11,9 @@ fields with nulls and coerce a column to one type.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +46,22 @@ def reason(exc: BaseException) -> str:
     while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+@contextlib.contextmanager
+def _quiet(datasets: Any) -> Iterator[None]:
+    """No progress bar per local file and no log line of ``datasets``' own while it reads one: fedit's
+    log says what was read, and a failure is fedit's one-line error."""
+    bars, log = datasets.is_progress_bar_enabled(), logging.getLogger("datasets")
+    level = log.level
+    datasets.disable_progress_bars()
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -82,9 +100,7 @@ def read_table(path: Path) -> Iterator[tuple[str, Any]]:
     """``(where, record)`` for each row of a CSV, Parquet or Arrow file or a ``save_to_disk`` folder."""
     datasets = _datasets(str(path))
     kind = "a saved dataset" if path.is_dir() else BUILDERS[path.suffix.lower()]
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()   # fedit's log line says what was read; no bar per local file
-    with tempfile.TemporaryDirectory(prefix="fedit-datasets-") as cache:  # no copy of the data left behind
+    with _quiet(datasets), tempfile.TemporaryDirectory(prefix="fedit-datasets-") as cache:  # no copy left behind
         try:
             rows = _load_saved(path, datasets) if path.is_dir() else _load_file(path, datasets, cache)
             records = rows.to_list()
@@ -92,9 +108,6 @@ def read_table(path: Path) -> Iterator[tuple[str, Any]]:
             raise
         except Exception as exc:  # a malformed file: the parser's own words, on one line
             raise DataError(f"{path}: cannot read as {kind} ({reason(exc)})") from None
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
     for index, record in enumerate(records):
         yield f"{path}: record {index + 1}", record
 
