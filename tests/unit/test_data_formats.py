@@ -77,6 +77,8 @@ def test_local_dataset_scripts_are_refused_and_hub_takes_local_copies(files, tmp
     (clone / "train-00000.parquet").write_bytes(files["parquet"].read_bytes())
     examples, report = load_source(f"hub:{clone.parent}", columns=COLUMNS)
     assert examples == EXPECTED and report.files == [f"{clone.parent}[train]"]
+    for local in (files["csv"], files["saved"]):          # hub:FILE and hub:SAVED_FOLDER read as --data does
+        assert load_source(f"hub:{local}", columns=COLUMNS)[0] == EXPECTED
 
 
 def test_a_folder_of_mixed_formats_is_one_client_per_file_and_fingerprinted(files, tmp_path):

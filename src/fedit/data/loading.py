@@ -235,6 +235,9 @@ def load_hub_dataset(spec: str, *, dedupe: bool = True, columns: str | None = No
     """A Hugging Face dataset split through ``datasets`` (optional extra ``fedit[data]``); its
     rows are validated as records of any form, named ``hf://datasets/ORG/NAME[split]: record N``."""
     name, split = parse_hub_spec(spec)
+    local = Path(name).expanduser()
+    if local.is_file() or is_saved_dataset(local):  # hub:FILE is the file itself, as --data FILE
+        return _load_files(_files_at(local), spec, dedupe=dedupe, columns=columns)
     rows = load_hub_rows(name, split, spec)
     mapping = parse_columns(columns)
     where = f"{name}[{split}]" if Path(name).expanduser().exists() else f"hf://datasets/{name}[{split}]"

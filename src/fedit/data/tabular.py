@@ -120,12 +120,12 @@ def load_hub_rows(name: str, split: str, spec: str) -> Any:
                         "(.json, .jsonl, .csv, .parquet, .arrow) or their folder")
     datasets = _datasets(spec)
     try:
-        if is_saved_dataset(local):
-            return _load_saved(local, datasets)
-        return datasets.load_dataset(str(local) if local.exists() else name, split=split)
-    except DataError:
-        raise
+        if not local.exists():
+            return datasets.load_dataset(name, split=split)   # cached in ~/.cache/huggingface, as hub downloads are
+        with _quiet(datasets), tempfile.TemporaryDirectory(prefix="fedit-datasets-") as cache:
+            return datasets.load_dataset(str(local), split=split, cache_dir=cache, keep_in_memory=True).to_list()
     except Exception as exc:  # offline, unknown dataset or split
-        where = "the folder" if local.exists() else "the Hugging Face hub"
-        raise DataError(f"{spec}: cannot load {name} ({split}) from {where} ({reason(exc)}); download it elsewhere "
-                        "and pass its data files or folder") from None
+        if local.exists():
+            raise DataError(f"{spec}: cannot load split {split} of the folder {name} ({reason(exc)})") from None
+        raise DataError(f"{spec}: cannot load {name} ({split}) from the Hugging Face hub ({reason(exc)}); download "
+                        "it elsewhere and pass its data files or folder") from None
