@@ -232,7 +232,7 @@ def load_config(spec: str | None, base: str | None = None) -> Config:
 def config_layers(spec: str, base: str | None = None) -> list[tuple[dict[str, Any], str]]:
     """The YAML mappings a config is made of, the root first, each with its name for messages: a
     preset on the fields' defaults, a file on its ``base:`` (a preset, or a file relative to the
-    file's folder), else on ``base``. A file needs not repeat what its base says."""
+    file's folder), else on ``base``. A file need not repeat what its base says."""
     layers: list[tuple[dict[str, Any], str]] = []
     seen: list[str] = []
     next_spec: str | None = spec
