@@ -45,7 +45,9 @@ def run3(tmp_path_factory, fixtures_dir):
 def test_resolved_config_is_logged_short_and_the_run_ends_with_a_summary(run3):
     out, stderr = run3
     lines = stderr.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.endswith("resolved config:"))
+    start = next(i for i, line in enumerate(lines) if line.endswith(  # what the config is made of (issue 19.1)
+        "resolved config (preset cpu-demo, flags --model --precision --data --test-data --partition "
+        "--clients-per-round --local-steps --batch-size --micro-batch-size --max-len --rounds):"))
     block = []
     for line in lines[start + 1:]:
         if line[:2].isdigit() and line[2:3] == ":":   # the next log line
