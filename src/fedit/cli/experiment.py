@@ -6,8 +6,7 @@ import argparse
 import json
 import logging
 
-from fedit.cli.args import add_config_flags, config_from_args, log_config, progress
-from fedit.config import load_config, preset_names
+from fedit.cli.args import add_config_flags, config_from_args, config_help, config_source, log_config, progress
 from fedit.experiment.settings import JUDGE_PROMPTS, ExperimentSettings, JudgeSettings
 
 # Every default below is read from the settings dataclasses: one default per setting.
@@ -35,8 +34,7 @@ def _names(text: str) -> list[str]:
 def add_parser(sub) -> None:
     p = sub.add_parser("experiment", help="compare base, local-only, centralized and FedIT; write a report",
                               description=DESCRIPTION)
-    p.add_argument("--config", help=f"preset ({', '.join(preset_names())}; default {DEFAULT_PRESET}) or a YAML "
-                                    "file; flags override it")
+    p.add_argument("--config", help=config_help(DEFAULT_PRESET))
     p.add_argument("--out", required=True, help="experiment directory (systems/, results.json, report.*)")
     g = p.add_argument_group("experiment options")
     g.add_argument("--local-baselines", type=int, default=_E.local_baselines, metavar="K",
@@ -125,12 +123,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from fedit.experiment.runner import run_experiment
 
     settings = settings_from_args(args)
-    cfg = config_from_args(args, load_config(args.config or DEFAULT_PRESET))
+    cfg = config_from_args(args, preset=DEFAULT_PRESET)
     if settings.judge is not None:   # the endpoint and the model name, before hours of training
         from fedit.experiment.judge_client import ChatClient
 
         ChatClient(settings.judge).check()
-    log_config(cfg)
+    log_config(cfg, config_source(args, DEFAULT_PRESET))
     with progress() as bars:
         summary = run_experiment(cfg, settings, args.out, progress=bars)
     print(json.dumps(summary, indent=2, default=float))
