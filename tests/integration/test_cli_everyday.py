@@ -76,7 +76,7 @@ def test_final_has_tokenizer_chat_template_and_model_card(run3):
     assert tok.chat_template and tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     card = (out / "final" / "README.md").read_text()
     last = [r for r in metrics(out) if r["type"] == "round"][-1]["eval"]["overall"]["loss"]
-    assert card.startswith("---\nbase_model: ") and "library_name: peft" in card
+    assert card.startswith("---\nlibrary_name: peft") and "not on the Hugging Face hub" in card   # tiny-random
     assert "fedavg" in card and "3 rounds" in card and f"{last:.4f}" in card
 
 

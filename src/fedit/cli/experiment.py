@@ -89,6 +89,9 @@ def add_parser(sub) -> None:
                         "paper's Fig. 3) instead of against FedIT")
     j.add_argument("--judge-max-tokens", type=int, default=_J["max_tokens"],
                    help=f"the judge's reply length limit (default {_J['max_tokens']})")
+    j.add_argument("--judge-concurrency", type=int, default=_J["concurrency"], metavar="N",
+                   help="judge requests in flight at once (threads; the scores do not depend on it; default "
+                        f"{_J['concurrency']})")
     add_config_flags(p, preset=DEFAULT_PRESET)
     p.set_defaults(func=cmd_experiment)
 
@@ -105,7 +108,8 @@ def settings_from_args(args: argparse.Namespace):
                               questions=args.judge_questions, max_questions=args.judge_max_questions,
                               repeats=args.judge_repeats, temperature=args.judge_temperature,
                               retries=args.judge_retries, prompt=args.judge_prompt,
-                              reference=args.judge_reference, max_tokens=args.judge_max_tokens)
+                              reference=args.judge_reference, max_tokens=args.judge_max_tokens,
+                              concurrency=args.judge_concurrency)
     elif args.judge_reference:
         raise ConfigError("--judge-reference: needs the judge (--judge-url and --judge-model)")
     return ExperimentSettings(local_baselines=args.local_baselines, local_budget=args.local_budget,
@@ -120,6 +124,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     cfg = config_from_args(args, preset=DEFAULT_PRESET)
+    if settings.judge is not None:   # the endpoint and the model name, before hours of training
+        from fedit.experiment.judge_client import ChatClient
+
+        ChatClient(settings.judge).check()
     log_config(cfg, config_source(args, DEFAULT_PRESET))
     with progress() as bars:
         summary = run_experiment(cfg, settings, args.out, progress=bars)
