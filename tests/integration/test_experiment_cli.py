@@ -178,6 +178,22 @@ def test_a_wrong_judge_model_stops_before_training(tmp_path, monkeypatch, capsys
     assert not out.exists()
 
 
+def test_a_bad_reference_file_stops_before_training(tmp_path, monkeypatch, capsys):
+    """A --judge-reference without an answer for a question was found only after every system had trained."""
+    from fedit.experiment import runner
+
+    monkeypatch.setattr(runner, "build_workbench", lambda cfg: pytest.fail("trained before the reference was read"))
+    questions, answers = _questions(tmp_path)
+    answers.write_text('{"question_id": 1, "text": "x"}\n')
+    out = tmp_path / "exp"
+    with ScriptedJudgeServer([], models=["m"]) as server:
+        assert main(_args(out, "--judge-url", server.url, "--judge-model", "m", "--judge-questions",
+                          str(questions), "--judge-reference", str(answers))) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"--judge-reference: {answers} has no answer for question_id 2")
+    assert not out.exists()
+
+
 def _copy(experiment: Path, tmp_path: Path) -> Path:
     out = tmp_path / "copy"
     shutil.copytree(experiment, out)

@@ -119,6 +119,16 @@ def settings_from_args(args: argparse.Namespace):
                               bootstrap=args.bootstrap, confidence=args.confidence, judge=judge)
 
 
+def _check_judge_files(judge) -> None:
+    """--judge-questions and --judge-reference read (and refused in one line) before any training."""
+    from fedit.experiment.judging import load_questions, load_reference
+
+    if judge.questions != "dolly":
+        questions = load_questions(judge.questions)
+        if judge.reference:
+            load_reference(judge.reference, questions[:judge.max_questions] if judge.max_questions else questions)
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from fedit.experiment.runner import run_experiment
 
@@ -128,6 +138,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         from fedit.experiment.judge_client import ChatClient
 
         ChatClient(settings.judge).check()
+        _check_judge_files(settings.judge)
     log_config(cfg, config_source(args, DEFAULT_PRESET))
     with progress() as bars:
         summary = run_experiment(cfg, settings, args.out, progress=bars)
