@@ -15,11 +15,13 @@ from fedit.model.lora import (
     set_adapter_state,
     write_adapter_files,
 )
+from fedit.model.quantize import QUANTIZE, check_platform, dequantize, quantize_linear_layers
 from fedit.model.resolve import DEFAULT_MODEL, TINY_RANDOM, cache_dir, model_origin, resolve_model
 
 __all__ = [
     "DEFAULT_MODEL",
     "TINY_RANDOM",
+    "QUANTIZE",
     "AdapterState",
     "BaseModel",
     "adapter_config",
@@ -29,12 +31,15 @@ __all__ = [
     "cache_dir",
     "check_adapter_state",
     "check_client_targets",
+    "check_platform",
     "client_adapter",
+    "dequantize",
     "ensure_adapter",
     "get_adapter_state",
     "load_adapter_state",
     "load_base_model",
     "model_origin",
+    "quantize_linear_layers",
     "resolve_device",
     "resolve_model",
     "resolve_precision",
