@@ -1,7 +1,8 @@
 """`make gpu-check`: the GPU path proven in one command of at most 8 minutes (issue 20).
 
 On a machine with one CUDA GPU, Python and a CUDA build of torch/transformers/peft, and no package index,
-it runs from the working tree (PYTHONPATH=src, no `make install`), in this order, each step in its own
+it runs from the working tree (PYTHONPATH=src, no `make install`; the wheels in .whl/ that
+benchmarks/gpu_wheels.sh fetched are installed into /tmp/site first), in this order, each step in its own
 process with its own time limit (a slow or hung step is killed and the next one runs):
 
   tests        pytest -m gpu (tests/integration/test_gpu.py): fused kernel vs peft in bf16, packing,
@@ -91,6 +92,13 @@ def environment(device: str, work: Path) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
                TOKENIZERS_PARALLELISM="false", GPU_CHECK_DEVICE=device)
     paths = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+    wheels = sorted((ROOT / ".whl").glob("*.whl"))
+    if wheels:   # what the machine lacks (benchmarks/gpu_wheels.sh), installed without an index
+        target = Path(os.environ.get("GPU_CHECK_SITE", "/tmp/site"))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, wheels)], check=True)
+        paths.append(str(target))
+        say(f"installed {', '.join(w.name.split('-')[0] + ' ' + w.name.split('-')[1] for w in wheels)} into {target}")
     site = fedit_metadata(work / "site")
     if site is not None:
         paths.append(str(site))

@@ -86,8 +86,21 @@ def load_quantized(path: str, kind: str, device: torch.device, compute_dtype: to
 
     check_platform(kind, device.type)
     # Non-quantized weights (embeddings, norms, head) in the compute dtype, as without --quantize.
-    return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization_config(kind, compute_dtype),
-                                                dtype=compute_dtype, device_map={"": str(device)})
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization_config(kind, compute_dtype),
+                                                 dtype=compute_dtype, device_map={"": str(device)})
+    return _one_cpu_format(model)
+
+
+def _one_cpu_format(model: torch.nn.Module) -> torch.nn.Module:
+    """Keep 4-bit weights in one format for the life of the process. On CPUs with AVX512-BF16,
+    bitsandbytes repacks a 4-bit weight for its inference kernel at the first no-grad forward in eval
+    mode, and training after that computes differently: a run that evaluated before training (round 0)
+    and its resume (which does not) then drifted apart (1e-3 after 2 rounds on tiny-random). Off here,
+    so results do not depend on what ran first (tests/unit/test_quantize.py: resume is bit-identical)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def _quantized_linear(bnb: Any, layer: torch.nn.Linear, kind: str, compute_dtype: torch.dtype) -> torch.nn.Module:
@@ -118,7 +131,7 @@ def quantize_linear_layers(model: torch.nn.Module, kind: str, compute_dtype: tor
                 del child
     # what from_pretrained's quantizer sets: peft then wraps these layers with its bitsandbytes LoRA layers
     setattr(model, "is_loaded_in_4bit" if kind == "nf4" else "is_loaded_in_8bit", True)
-    return model
+    return _one_cpu_format(model)
 
 
 def dequantize(model: Any) -> Any:
