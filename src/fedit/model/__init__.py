@@ -1,6 +1,12 @@
 """Base models and LoRA adapters: resolve and load a base model, wrap it with LoRA, and move
 adapter weights in and out of it (the wire format between server and clients)."""
 
+import logging as _logging
+
+# bitsandbytes (the quant extra), imported by peft, tries on AVX512-BF16 CPUs to fetch an optional kernel
+# from the Hugging Face hub and warns on every start when it cannot (offline); its own kernels run then.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
 from fedit.model.client_adapters import check_client_targets, client_adapter, ensure_adapter
 from fedit.model.load import BaseModel, autocast, load_base_model, resolve_device, resolve_precision
 from fedit.model.lora import (

@@ -27,9 +27,6 @@ SKIP_MODULES = ["lm_head"]  # the output head stays in full precision (QLoRA's c
 
 
 def _bitsandbytes(kind: str) -> Any:
-    # On AVX512-BF16 CPUs bitsandbytes tries to fetch an optional kernel from the hub at import and
-    # warns when it cannot (offline); its own CPU kernels are used then.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         import bitsandbytes
     except ImportError as exc:  # also a bitsandbytes that fails to import on this platform
