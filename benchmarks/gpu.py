@@ -48,12 +48,12 @@ MAX_LEN = {"tiny": 64, "1b": 512, "7b": 512, "8b": 512}
 # dense bf16 peaks (no sparsity) from the vendors' data sheets
 BF16_PEAK = {"H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12,
              "A100": 312e12, "L40S": 362e12, "L4": 121e12, "RTX 4090": 165e12}
-# The paper's setting (Zhang et al. 2023, Shepherd): Dolly-15k's 15,015 records minus the 80 held out,
+# The paper's setting (Zhang et al. 2023, Shepherd): Dolly-15k's 15,011 records minus the 80 held out,
 # over 100 clients; 20 rounds x 5 sampled clients x 1 local epoch; batch 32; max length 512.
-PAPER = dict(clients=100, rounds=20, clients_per_round=5, train_records=14935, max_len=512)
-# Mean tokens of a Dolly record (chat template, cut at 512) with SmolLM2's tokenizer, measured on the
-# shepherd_10clients copy (benchmarks/gpu.py dolly_mean_tokens); Llama-2's tokenizer gives a few % more.
-DOLLY_MEAN_TOKENS = 214.0
+PAPER = dict(clients=100, rounds=20, clients_per_round=5, train_records=14931, max_len=512)
+# Mean tokens of a Dolly training record (chat template, cut at 512) with SmolLM2's tokenizer, measured
+# on the shepherd_10clients copy with dolly_mean_tokens() below (186.3); other tokenizers differ by some %.
+DOLLY_MEAN_TOKENS = 186.3
 
 
 def gpu_bf16_peak(device: torch.device) -> tuple[str, float | None]:
