@@ -2,6 +2,8 @@
 every step on tiny shapes in this process, the time box, the report, and the one line without a GPU."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +93,13 @@ def test_cpu_run_writes_json_and_table(tmp_path, monkeypatch):
     md = (tmp_path / "gpu.md").read_text()
     assert md.startswith("GPU check on CPU (GPU_CHECK_DEVICE=cpu, tiny shapes: plumbing only)")
     assert (tmp_path / "gpu.log").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or shutil.which("make") is None, reason="needs make and no GPU")
+def test_make_gpu_check_without_a_gpu_is_one_line():
+    root = BENCH.parent
+    done = subprocess.run(["make", "-s", "gpu-check", f"GPU_PYTHON={sys.executable}"], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "GPU_CHECK_DEVICE"})
+    assert done.returncode != 0
+    assert done.stdout == ("gpu-check: no CUDA GPU visible to torch on this machine: nothing run "
+                           "(GPU_CHECK_DEVICE=cpu runs the plumbing on tiny shapes)\n")
