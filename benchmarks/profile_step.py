@@ -29,6 +29,18 @@ from fedit.data import load_examples  # noqa: E402
 from fedit.runners.common import build_workbench  # noqa: E402
 
 
+def sustained_matmul(dtype: torch.dtype, seconds: float, n: int = 2048) -> float:
+    """FLOP/s of back-to-back n x n matmuls over ``seconds``: on a shared machine, the peak under the
+    same load as the update (the best-of-10 peak catches a quiet moment, the update cannot)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        done += 1
+    return done * 2 * n ** 3 / (time.perf_counter() - t0)
+
+
 def profile_table(prof, rows: int) -> list[dict]:
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1
@@ -43,7 +55,9 @@ def main() -> None:
     parser.add_argument("--lora-kernel", default="auto")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--records", type=int, default=64)
-    parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--rows", type=int, default=15, help="operators in the profile table (0: no profile)")
+    parser.add_argument("--sustained-s", type=float, default=10.0,
+                        help="seconds of back-to-back matmuls before and after the timed update")
     parser.add_argument("--out", default="bench-results")
     parser.add_argument("--dolly", default=os.environ.get("FEDIT_DOLLY_DIR", "../shared/data/dolly/shepherd_10clients"))
     args = parser.parse_args()
@@ -63,24 +77,32 @@ def main() -> None:
     sample.unlink()
     fit = lambda: bench.trainer.fit(bench.initial_state, toks, cfg.train, seed=0, round_idx=0, client_id=0)  # noqa: E731
     fit()   # warm-up
+    before = sustained_matmul(dtype, args.sustained_s)
     t0 = time.perf_counter()
     update = fit()
     seconds = time.perf_counter() - t0
+    sustained = (before + sustained_matmul(dtype, args.sustained_s)) / 2
     # tokens through the model: with the fused kernel (packed rows) exactly the examples' tokens; with
     # --lora-kernel peft the padding too
     tokens = update.metrics["padded_tokens"]
     flops = 4 * linear_params(bench.model) * tokens / seconds
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fit()
+    table = []
+    if args.rows:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fit()
+        table = profile_table(prof, args.rows)
     result = {"cpu_bf16": cpu_bf16_support(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "precision": str(dtype).removeprefix("torch."), "kernel": bench.trainer.lora_kernel,
               "matmul_peaks_flops": peaks, "peak_flops": peak, "tokens": tokens, "seconds": seconds,
               "tokens_per_s": tokens / seconds, "client_flops_per_s": flops, "fraction_of_peak": flops / peak,
-              "profile": profile_table(prof, args.rows)}
+              "sustained_matmul_flops": sustained, "fraction_of_sustained": flops / sustained,
+              "load_average": os.getloadavg(), "profile": table}
     (Path(args.out) / f"profile-{result['precision']}.json").write_text(json.dumps(result, indent=2))
     print(f"CPU bf16: {result['cpu_bf16']}; {result['threads']} threads; trains in {result['precision']} "
           f"({result['kernel']} kernel)\nmatmul peak {peak / 1e9:.0f} GFLOP/s; client update {flops / 1e9:.1f} "
-          f"GFLOP/s ({tokens / seconds:.0f} tok/s) = {100 * flops / peak:.0f} % of it\n")
+          f"GFLOP/s ({tokens / seconds:.0f} tok/s) = {100 * flops / peak:.0f} % of it; back-to-back matmuls "
+          f"around it {sustained / 1e9:.0f} GFLOP/s ({100 * flops / sustained:.0f} %); load average "
+          f"{os.getloadavg()[0]:.1f}\n")
     print("| operator | calls | self CPU ms | share |\n|---|---|---|---|")
     for row in result["profile"]:
         print(f"| `{row['op']}` | {row['calls']} | {row['self_ms']:.0f} | {100 * row['share']:.1f} % |")
