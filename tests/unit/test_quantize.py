@@ -38,6 +38,18 @@ def test_without_bitsandbytes_one_line_and_nothing_written(fixtures_dir, tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+def test_deploy_local_checks_quantize_before_starting_anything(fixtures_dir, tmp_path, monkeypatch, capsys,
+                                                               fresh_check):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    assert main(["deploy", "local", "--out", str(tmp_path / "run"), "--model", "tiny-random", "--partition", "files",
+                 "--clients-per-round", "1", "--node-data", str(fixtures_dir / "tiny" / "client_0.json"),
+                 "--quantize", "int8"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "fedit deploy: error: --quantize int8: needs bitsandbytes, which is not installed: "
+        "pip install 'fedit[quant]', or --quantize none")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_platform_bitsandbytes_cannot_run_on_is_one_line(monkeypatch, fresh_check):
     def unsupported(*args, **kwargs):
         raise RuntimeError("no kernel registered for device cpu\nmore detail")
