@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,13 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py --out bench-results
+
+# The GPU check (issue 20, benchmarks/gpu_check.py): at most 8 minutes on one CUDA GPU, from the tree
+# with the machine's own Python and torch (no `make install`: a GPU machine may have no package index);
+# what it lacks travels in .whl/ (bash benchmarks/gpu_wheels.sh). Writes gpu-results/gpu.{json,md,log}.
+GPU_PYTHON ?= python3
+gpu-check:
+	@$(GPU_PYTHON) benchmarks/gpu_check.py --out gpu-results
 
 clean:
 	rm -rf $(VENV) runs bench-results .pytest_cache

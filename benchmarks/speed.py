@@ -42,6 +42,14 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
     return 2 * n ** 3 / best
 
 
+def cpu_bf16_support() -> str:
+    """What this CPU offers for bf16 matmuls, as torch sees it: AVX512-BF16, AMX (tiles), or neither."""
+    cpu = torch.cpu
+    found = [name for name, probe in (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+             if getattr(cpu, probe, None) is not None and getattr(cpu, probe)()]
+    return " + ".join(found) if found else "none (bf16 would be emulated: fedit trains in fp32)"
+
+
 def cpu_peaks(device: torch.device) -> dict:
     """fp32 and bf16 peaks; bf16 only where the hardware computes it (else it is emulated and slow)."""
     from fedit.model.load import cpu_has_native_bf16

@@ -61,6 +61,9 @@ class ModelConfig(_Section):
     device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"))
     precision: str = _opt("auto", "bf16 autocast where supported (auto), or force fp32/bf16",
                           ("auto", "fp32", "bf16"))
+    quantize: str = _opt("none", "the frozen base model's linear layers in 4-bit NF4 or 8-bit int8 "
+                         "(bitsandbytes: pip install 'fedit[quant]'); LoRA stays full precision",
+                         ("none", "nf4", "int8"))
 
     def __post_init__(self) -> None:
         _Section.__post_init__(self)

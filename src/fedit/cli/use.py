@@ -15,7 +15,7 @@ from typing import Any
 from fedit.cli.args import DEFAULT_PRESET, EPILOG, add_config_flags
 from fedit.config import SECTIONS, SamplingConfig
 
-SOURCE_FLAGS = ["model", "device", "precision", "template", "seed"]
+SOURCE_FLAGS = ["model", "device", "precision", "quantize", "template", "seed"]
 
 
 def add_source_flags(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +106,7 @@ def add_parser(sub) -> None:
                                     "as the run evaluates after every round.")
     ev.add_argument("--run", help=run_help)
     ev.add_argument("--adapter", help=adapter_help)
-    add_config_flags(ev, ["model", "device", "precision", "test_data", "template", "max_len", "max_test_records",
+    add_config_flags(ev, ["model", "device", "precision", "quantize", "test_data", "template", "max_len", "max_test_records",
                           "eval_batch_size", "seed", "columns"])
     ev.set_defaults(func=cmd_eval)
 

@@ -18,7 +18,7 @@ from fedit.errors import ConfigError
 from fedit.runners.source import ADAPTER_CONFIG, ModelSource
 from fedit.export.card import write_card
 from fedit.fileio import apply_umask, make_temp_dir
-from fedit.model import model_origin, resolve_model
+from fedit.model import check_platform, model_origin, resolve_device, resolve_model
 from fedit.model.origin import known_hub_id, loadable_hub_id
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,14 @@ def export_model(source: ModelSource, out: str | os.PathLike[str], settings: Exp
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     base_path = resolve_model(source.cfg.model.model)
+    if settings.merge:   # a run trained on a quantized base merges into that base, de-quantized
+        check_platform(source.cfg.model.quantize, resolve_device(source.cfg.model.device).type)
     hub_id = loadable_hub_id(base_path)
     origin = model_origin(source.cfg.model.model, base_path)
     tmp = make_temp_dir(out)   # the umask's mode, not mkdtemp's 0700
     try:
         if settings.merge:
-            _merged(source.adapter, base_path, tmp)
+            _merged(source.adapter, base_path, tmp, source.cfg.model.quantize, source.cfg.model.device)
         else:
             _adapter_only(source.adapter, base_path, hub_id, tmp)
         write_card(tmp, source, origin, known_hub_id(source.cfg.model.model, base_path), merged=settings.merge)
@@ -59,13 +61,20 @@ def export_model(source: ModelSource, out: str | os.PathLike[str], settings: Exp
     return out
 
 
-def _merged(adapter: Path, base_path: str, out: Path) -> None:
-    """Base (its own dtype) + adapter -> merge_and_unload -> a plain transformers folder."""
+def _merged(adapter: Path, base_path: str, out: Path, quantize: str = "none", device: str = "auto") -> None:
+    """Base (its own dtype) + adapter -> merge_and_unload -> a plain transformers folder. With
+    ``quantize`` the base is quantized as in training, then de-quantized to fp32, so the merged
+    weights are those the adapter was trained on top of."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+    if quantize == "none":
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+    else:
+        from fedit.model.quantize import dequantize, load_quantized
+
+        base = dequantize(load_quantized(base_path, quantize, resolve_device(device), torch.float32)).to("cpu")
     with torch.no_grad():
         merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.config.use_cache = True   # inference: fedit turns it off only while training

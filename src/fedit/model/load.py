@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedit.errors import ConfigError, ModelError
+from fedit.model.quantize import check_platform, load_quantized
 from fedit.model.resolve import first_line, resolve_model
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,12 @@ class BaseModel:
     autocast_dtype: torch.dtype | None  # bf16 when autocasting, None for plain fp32
 
 
-def load_base_model(name: str, device: str = "auto", precision: str = "auto") -> BaseModel:
-    """Resolve ``name``, load tokenizer and model frozen in eval mode on the chosen device."""
+def load_base_model(name: str, device: str = "auto", precision: str = "auto", quantize: str = "none") -> BaseModel:
+    """Resolve ``name``, load tokenizer and model frozen in eval mode on the chosen device
+    (its linear layers in 4 or 8 bits with ``quantize``, fedit.model.quantize)."""
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
+    check_platform(quantize, dev.type)   # before anything is loaded: one line where it cannot run
     path = resolve_model(name)
     # Frozen base weights are stored in bf16 whenever we autocast to bf16 (CPU too): autocast would
     # cast them to bf16 for every matmul anyway, and recasting frozen weights is never cached.
@@ -93,7 +96,10 @@ def load_base_model(name: str, device: str = "auto", precision: str = "auto") ->
     weights_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype)
+        if quantize == "none":
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype)
+        else:
+            model = load_quantized(path, quantize, dev, weights_dtype)
     except (OSError, ValueError, KeyError) as exc:
         if Path(path).is_dir():
             raise ModelError(f"cannot load model folder {path}: {first_line(exc)}") from exc
@@ -104,13 +110,15 @@ def load_base_model(name: str, device: str = "auto", precision: str = "auto") ->
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.use_cache = False  # training never reuses the KV cache; generate() can ask for it
-    model.to(dev)
+    if quantize == "none":   # a quantized model is placed by from_pretrained and cannot be moved
+        model.to(dev)
     model.eval()
     model.requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "base model %s (%.1f M params) on %s, weights %s, autocast %s",
-        path, n_params / 1e6, dev, str(weights_dtype).removeprefix("torch."),
+        path, n_params / 1e6, dev,
+        str(weights_dtype).removeprefix("torch.") if quantize == "none" else f"{quantize} (linear layers)",
         str(dtype).removeprefix("torch.") if dtype else "off",
     )
     return BaseModel(model=model, tokenizer=tokenizer, path=path, device=dev, autocast_dtype=dtype)

@@ -56,7 +56,7 @@ class Workbench:
 
 
 def build_workbench(cfg: Config) -> Workbench:
-    base = load_base_model(cfg.model.model, cfg.model.device, cfg.model.precision)
+    base = load_base_model(cfg.model.model, cfg.model.device, cfg.model.precision, cfg.model.quantize)
     lora = cfg.lora
     model = add_lora(base.model, r=lora.lora_r, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
                      targets=lora.lora_targets, seed=cfg.federation.seed)

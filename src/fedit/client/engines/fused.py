@@ -60,6 +60,10 @@ def _sites(model: torch.nn.Module) -> list[Site]:
         module = model.get_submodule(name)
         if not isinstance(module, peft.tuners.lora.layer.Linear) or set(keys) != {"A", "B"}:
             raise ValueError(f"{name}: not a plain LoRA linear layer")
+        base = module.base_layer
+        if type(base) is not torch.nn.Linear or not base.weight.is_floating_point():
+            raise ValueError(f"{name}: the base layer is a {type(base).__name__} (quantized or not a plain "
+                             "torch Linear): the fused kernel reads its weight directly")
         adapters = module.active_adapters
         if len(adapters) != 1 or module.merged or module.disable_adapters or module.fan_in_fan_out:
             raise ValueError(f"{name}: merged, disabled, transposed or several active adapters")

@@ -97,7 +97,7 @@ class LocalFederation:
 
     def _check(self) -> None:
         """Every check that needs no process: flags, --out, the model and the device."""
-        from fedit.model import resolve_device, resolve_model, resolve_precision
+        from fedit.model import check_platform, resolve_device, resolve_model, resolve_precision
         from fedit.server.build import check_methods, client_layouts
         from fedit.server.defences import check_round_size
 
@@ -127,6 +127,7 @@ class LocalFederation:
                              f"it or stop it with: fedit deploy stop --out {self.out}")
         device = resolve_device(self.cfg.model.device)  # here, not 20 s later inside the ServerApp
         resolve_precision(self.cfg.model.precision, device)
+        check_platform(self.cfg.model.quantize, device.type)
         resolve_model(self.cfg.model.model)
 
     def _prepare(self) -> None:
