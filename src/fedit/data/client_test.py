@@ -27,7 +27,7 @@ def held_out_indices(records: Sequence[Example], fraction: float, rng: np.random
     if k < 1 or n - k < 1:
         raise ConfigError(f"--client-test-fraction {fraction}: client {client_id} has {n} record(s), too few to "
                           f"hold {fraction:g} of them out and keep some to train on (it needs at least "
-                          f"{max(2, int(np.ceil(0.5 / min(fraction, 1 - fraction))))})")
+                          f"{smallest_client(fraction)})")
     by_cat: dict[str, list[int]] = defaultdict(list)
     for i, ex in enumerate(records):
         by_cat[ex.category].append(i)
@@ -42,6 +42,11 @@ def held_out_indices(records: Sequence[Example], fraction: float, rng: np.random
         idx = by_cat[c]
         out.extend(idx[i] for i in rng.permutation(len(idx))[:t])
     return sorted(out)
+
+
+def smallest_client(fraction: float) -> int:
+    """The fewest records a client needs to hold at least one out and keep one to train on."""
+    return next(n for n in range(2, 10**6) if 1 <= round(fraction * n) <= n - 1)
 
 
 def split_clients(clients: Sequence[list[Example]], fraction: float | None, seed: int
