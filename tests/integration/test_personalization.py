@@ -12,6 +12,7 @@ from fedit.cli import main
 from fedit.client.job import ClientJob, run_job
 from fedit.client.personal import DUAL_LOCAL, FEDSA_B
 from fedit.config import Config
+from fedit.runners.common import load_test
 from fedit.runners.simulation import Simulation
 
 from tests.integration.test_cli_run import error_line, run_args
@@ -123,3 +124,45 @@ def test_refusals_are_one_line(tmp_path, fixtures_dir, capsys, flags, message):
     assert main(run_args(fixtures_dir, tmp_path / "o", *flags)) == 2
     assert error_line(capsys.readouterr().err) == f"fedit run: error: {message}"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def dual_run(tmp_path_factory, fixtures_dir):
+    out = tmp_path_factory.mktemp("dual") / "run"
+    assert main(run_args(fixtures_dir, out, "--rounds", "2", "--personalization", "dual", "--logger", "none")) == 0
+    return out
+
+
+def test_client_k_uses_the_personal_model_exactly(dual_run, capsys):
+    """eval --client K loads the dual pair as one rank-2r adapter: the same loss as both adapters active."""
+    from fedit.experiment.per_client import personal_state, record_arrays
+    from fedit.model import load_adapter_state
+    from fedit.runners.source import load_source_model, resolve_source
+
+    assert main(["eval", "--run", str(dual_run), "--client", "1"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["adapter"] == str(dual_run / "personal/client_001")
+    source = resolve_source({}, run=str(dual_run))
+    bench = load_source_model(source)
+    test = bench.tokenize(load_test(source.cfg), source.cfg.data, train_on_prompt=False)
+    glob = load_adapter_state(dual_run / "final")
+    state, local = personal_state(dual_run / "personal/client_001", glob)
+    assert all(torch.equal(state[k], glob[k]) for k in glob)        # the pair's global half is the global adapter
+    num, den = record_arrays(bench, test, 8, state, local)
+    assert shown["overall"]["loss"] == pytest.approx(num.sum() / den.sum(), rel=1e-5)
+    assert shown["overall"]["loss"] != pytest.approx(json.loads(
+        (dual_run / "metrics.jsonl").read_text().splitlines()[-1])["eval"]["overall"]["loss"], rel=1e-6)
+
+
+def test_client_k_errors_are_one_line(dual_run, tmp_path, fixtures_dir, capsys):
+    assert main(["eval", "--run", str(dual_run), "--client", "7"]) == 2
+    assert error_line(capsys.readouterr().err) == f"fedit eval: error: --client 7: {dual_run} has no client 7 " \
+                                                  "(its clients are 0..2)"
+    plain = tmp_path / "plain"
+    assert main(run_args(fixtures_dir, plain, "--rounds", "1", "--logger", "none")) == 0
+    capsys.readouterr()
+    for command in (["generate", "hi"], ["export", "--out", str(tmp_path / "x")], ["chat"]):
+        assert main([*command, "--run", str(plain), "--client", "0"]) == 2
+        assert error_line(capsys.readouterr().err) == f"fedit {command[0]}: error: --client 0: {plain} was trained " \
+            "without --personalization, so it has no personal adapters; use the global adapter (omit --client)"
+    assert not (tmp_path / "x").exists()
