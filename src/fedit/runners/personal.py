@@ -24,7 +24,7 @@ from fedit.client.personal import DUAL_LOCAL, FEDSA_B, initial_local, is_b
 from fedit.config import Config
 from fedit.data.prompts import TokenizedExample
 from fedit.fileio import apply_umask, atomic_write_text, make_temp_dir, remove_stale_temporaries
-from fedit.model import AdapterState, write_adapter_files
+from fedit.model import AdapterState, adapter_config, get_adapter_state, write_adapter_files
 from fedit.model.dual import concat_config, concat_state
 
 logger = logging.getLogger(__name__)
@@ -69,26 +69,42 @@ def finetuner(trainer: Any, cfg: Config, global_state: AdapterState,
     return tune
 
 
-def write_personal(run: Path, cfg: Config, adapter_config: Any,
+def write_personal(run: Path, cfg: Config, lora_config: Any,
                    states: Mapping[int, tuple[AdapterState, AdapterState | None]]) -> Path:
-    """Every client's personal adapter under ``RUN/personal`` (written aside, then renamed)."""
-    target = Path(run) / PERSONAL_DIR
-    remove_stale_temporaries(Path(run))
+    """Every client's personal adapter under ``RUN/personal``."""
+    return write_adapters(Path(run) / PERSONAL_DIR, cfg.personalization.personalization, lora_config, states)
+
+
+def node_personal(folder: Path, bench: Any, job: Any, update: Any, state: Mapping[str, Any]) -> Path:
+    """A Flower node's personal adapter after its round, in its own folder (``personal-dir``): the
+    adapter it just trained (fedsa: the A it sent with its own B; dual: the global adapter it trained
+    with its local adapter, as one rank-2r adapter). Nothing of it is in the reply."""
+    trained = get_adapter_state(bench.model)   # the resident adapter holds what the node trained
+    mode = str(job.config["personalization"])
+    local = state.get(DUAL_LOCAL) if mode == "dual" else None
+    return write_adapters(Path(folder), mode, adapter_config(bench.model, bench.base.path),
+                          {job.client_id: (trained, local)})
+
+
+def write_adapters(target: Path, mode: str, lora_config: Any,
+                   states: Mapping[int, tuple[AdapterState, AdapterState | None]]) -> Path:
+    """``target/client_NNN`` per client and ``target/personal.json`` (written aside, then renamed)."""
+    remove_stale_temporaries(target.parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(target)
     try:
         for cid, (state, local) in sorted(states.items()):
             folder = tmp / client_folder(Path("."), cid).name
             folder.mkdir()
             if local is None:
-                write_adapter_files(folder, adapter_config, state)
+                write_adapter_files(folder, lora_config, state)
             else:
-                config = concat_config(adapter_config)
+                config = concat_config(lora_config)
                 write_adapter_files(folder, config, concat_state(state, local))
-        index = {"personalization": cfg.personalization.personalization, "clients": sorted(states),
+        index = {"personalization": mode, "clients": sorted(states),
                  "holds": {"fedsa": "the global A with the client's own B",
                            "dual": "global + local adapter as one adapter of twice the rank (alpha doubled)",
-                           "finetune": "the final global adapter after --personal-steps local steps"}
-                 [cfg.personalization.personalization]}
+                           "finetune": "the final global adapter after --personal-steps local steps"}[mode]}
         atomic_write_text(tmp / INDEX, json.dumps(index, indent=2) + "\n")
         apply_umask(tmp)
         if target.exists():
