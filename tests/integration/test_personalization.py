@@ -31,10 +31,11 @@ def one_round(tmp_path: Path, cfg: Config):
     sim = Simulation(cfg, tmp_path / "run")
     sim.setup()
     init = dict(sim.federation.state)
-    replies = []
+    replies, sent = [], []
     train = sim.federation.transport.train
-    sim.federation.transport.train = lambda jobs: replies.extend(train(jobs)) or replies
+    sim.federation.transport.train = lambda jobs: sent.extend(jobs) or replies.extend(train(jobs)) or replies
     record = sim.run_round(1)
+    sim.sent = sent
     return sim, record, replies, init
 
 
@@ -64,7 +65,7 @@ def test_fedsa_keeps_each_clients_own_b_and_aggregates_a(tmp_path, fixtures_dir)
         mean = sum(w * plain[c].state[k] for w, c in zip(weights, clients)) / sum(weights)
         torch.testing.assert_close(sim.state[k], mean, rtol=0, atol=1e-6)
     assert all(torch.equal(sim.state[k], init[k]) for k in b_keys)      # the global B stays the seeded init
-    assert record["bytes_up"] < record["bytes_down"]                     # A up, A and B down
+    assert all(set(job.state) == set(a_keys) for job in sim.sent)       # and no B in a job either
 
 
 def test_dual_local_adapter_never_leaves_the_client(tmp_path, fixtures_dir):

@@ -186,7 +186,7 @@ def run_jobs(trainer, jobs: Sequence[ClientJob], datas: Sequence[Sequence[Tokeni
                         corrections, callback, step_schedule(job), job_lora(job.config))
         for half in client_halves():  # what a method changes in the run itself (a personal part)
             if hasattr(half, "prepare"):
-                run = half.prepare(run, job, state, seed)
+                run = half.prepare(run, job, state, seed, trainer.initial_state)
         runs.append(run)
         states.append(state)
     out = []

@@ -4,9 +4,9 @@ Both methods keep their personal tensors in the client state (the simulation kee
 per client, a Flower node in its context), read ``personalization`` from the job's client config and
 do nothing without it:
 
-- fedsa (FedSA-LoRA): before training the job's B entries (the global B, the seeded init that the
-  server never changes) are replaced by the client's own B (:data:`FEDSA_B`) when it has one; the
-  client trains A and B; the reply carries A only and the trained B goes back into the state.
+- fedsa (FedSA-LoRA): the job carries A only; before training the client adds its own B
+  (:data:`FEDSA_B`; before its first round, the seeded init) to what it trains; the reply carries A
+  only and the trained B goes back into the state.
 - dual (FedDPA): a local adapter of the global adapter's layout (:data:`DUAL_LOCAL`, first drawn from
   a per-client seed: A kaiming-uniform as peft's init, B zero) is trained together with the global
   one (their outputs add: fedit.model.dual); its tensors come back from training under
@@ -46,11 +46,13 @@ class FedSA:
     """The client half of fedit.methods.personalization.fedsa."""
 
     @staticmethod
-    def prepare(run: ClientRun, job: ClientJob, state: dict[str, Any], seed: int) -> ClientRun:
-        own = state.get(FEDSA_B)
-        if _mode(job) != "fedsa" or not own:
+    def prepare(run: ClientRun, job: ClientJob, state: dict[str, Any], seed: int,
+                initial: AdapterState) -> ClientRun:
+        if _mode(job) != "fedsa":
             return run
-        return dataclasses.replace(run, state={**run.state, **{k: v for k, v in own.items() if k in run.state}})
+        own = state.get(FEDSA_B) or {}
+        b_keys = [k.replace(".lora_A.", ".lora_B.") for k in run.state if ".lora_A." in k]
+        return dataclasses.replace(run, state={**run.state, **{k: own[k] if k in own else initial[k] for k in b_keys}})
 
     @staticmethod
     def transform(update: ClientUpdate, job: ClientJob, state: dict[str, Any]) -> ClientUpdate:
@@ -79,7 +81,8 @@ class Dual:
     """The client half of fedit.methods.personalization.dual."""
 
     @staticmethod
-    def prepare(run: ClientRun, job: ClientJob, state: dict[str, Any], seed: int) -> ClientRun:
+    def prepare(run: ClientRun, job: ClientJob, state: dict[str, Any], seed: int,
+                initial: AdapterState) -> ClientRun:
         if _mode(job) != "dual":
             return run
         local = state.get(DUAL_LOCAL) or initial_local(job.state, seed, job.client_id)

@@ -114,8 +114,6 @@ def _check_personal(items: list[tuple[Method, str]], uneven: bool, layout_flags:
         why = ("trains and shares only B, which fedsa keeps at the client" if caps.partial_adapter
                else "re-factors the product B·A every round" if caps.refactors and m.name == "fedsa"
                else "keeps per-client state on the same factors" if caps.client_state
-               else "codes or clips every update against the whole adapter the client was sent"
-               if m.name == "fedsa" and (n.kind in ("codec", "privacy") and not caps.hides_each_update)
                else None)
         if why:
             raise ConfigError(f"{fm} does not combine with {fn}, which {why}: drop one of them")
