@@ -45,3 +45,12 @@ def test_a_client_too_small_to_hold_any_out_is_one_line():
 def test_fraction_outside_0_1_is_refused(value):
     with pytest.raises(ConfigError, match=rf"^--client-test-fraction: must be in \(0, 1\), got {value}"):
         Config().override({"client_test_fraction": value})
+
+
+def test_a_node_holds_out_what_the_simulation_holds_out_of_its_client():
+    from fedit.data.client_test import split_one
+
+    clients = [records("aab" * 4), records("abc" * 5), records("c" * 9)]
+    train, test, idx = split_clients(clients, 0.3, seed=4)
+    for cid, part in enumerate(clients):
+        assert split_one(part, 0.3, 4, cid) == (train[cid], test[cid], idx[cid])

@@ -57,12 +57,20 @@ def split_clients(clients: Sequence[list[Example]], fraction: float | None, seed
         return [list(c) for c in clients], [[] for _ in clients], [[] for _ in clients]
     train, test, indices = [], [], []
     for cid, records in enumerate(clients):
-        held = held_out_indices(records, fraction, np.random.default_rng([seed, 3, cid]), cid)
-        kept = set(held)
-        train.append([r for i, r in enumerate(records) if i not in kept])
-        test.append([records[i] for i in held])
-        indices.append(held)
+        kept, held, idx = split_one(records, fraction, seed, cid)
+        train.append(kept)
+        test.append(held)
+        indices.append(idx)
     return train, test, indices
+
+
+def split_one(records: Sequence[Example], fraction: float, seed: int, client_id: int
+              ) -> tuple[list[Example], list[Example], list[int]]:
+    """Client ``client_id``'s (training records, held-out records, held-out indices): the same on a
+    Flower node holding that client's records as in the simulation."""
+    held = held_out_indices(records, fraction, np.random.default_rng([seed, 3, client_id]), client_id)
+    out = set(held)
+    return [r for i, r in enumerate(records) if i not in out], [records[i] for i in held], held
 
 
 def split_record(fraction: float, seed: int, tests: Sequence[Sequence[Example]],

@@ -133,9 +133,14 @@ def node_examples(node_config: dict[str, Any], cfg: Config, client_id: int) -> l
     """The records this node trains on as client ``client_id``: subsampled as the simulation does."""
     if simulated(node_config):
         return simulated_records(cfg, client_id)
-    from fedit.runners.common import client_subsample  # imports torch: only when training
+    from fedit.data.client_test import split_one
+    from fedit.runners.common import client_subsample, data_seed  # imports torch: only when training
 
-    return client_subsample(node_records(node_config, cfg.data.columns), cfg, client_id)
+    records = client_subsample(node_records(node_config, cfg.data.columns), cfg, client_id)
+    if cfg.data.client_test_fraction is None:
+        return records
+    # --client-test-fraction: the node holds out the same records the simulation holds out of this client
+    return split_one(records, cfg.data.client_test_fraction, data_seed(cfg), client_id)[0]
 
 
 def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:
