@@ -170,3 +170,12 @@ def test_client_k_errors_are_one_line(dual_run, tmp_path, capsys):
         assert error_line(capsys.readouterr().err) == f"fedit {command[0]}: error: --client 0: {plain} was trained " \
             "without --personalization, so it has no personal adapters; use the global adapter (omit --client)"
     assert not (tmp_path / "x").exists()
+
+
+def test_fedprox_pulls_only_the_shared_part(tmp_path, fixtures_dir):
+    """FedProx's proximal term anchors what the job carries; dual's local adapter has no anchor (it was a
+    KeyError on 'local/...')."""
+    sim, record, replies, init = one_round(tmp_path, tiny_cfg(fixtures_dir, personalization="dual",
+                                                              strategy="fedprox", proximal_mu=0.1))
+    assert record["dropped"] == [] and all(set(r.state) == set(init) for r in replies)
+    assert all(DUAL_LOCAL in sim.transport.client_states[r.client_id] for r in replies)

@@ -111,7 +111,7 @@ def proximal_correction(job: ClientJob, device: torch.device, state: ClientState
     def correct(params: Mapping[str, torch.nn.Parameter]) -> None:
         with torch.no_grad():
             for key, p in params.items():
-                if p.grad is not None:
+                if p.grad is not None and key in anchor:   # not a personal part (fedsa's B, dual's local)
                     p.grad.add_(p.detach() - anchor[key].to(p.dtype), alpha=mu)
 
     return correct
