@@ -75,8 +75,9 @@ def personal_adapter(run_dir: Path, saved: Config, client: int) -> Path:
                           "personal adapters; use the global adapter (omit --client)")
     index = run_dir / PERSONAL_DIR / INDEX
     if not index.is_file():
-        raise ConfigError(f"--client {client}: {run_dir} has no personal adapters yet (the run has not finished; "
-                          f"finish it with `fedit run --out {run_dir} --resume`)")
+        raise ConfigError(f"--client {client}: {run_dir} has no personal/ folder: a simulation that has not "
+                          f"finished (finish it with `fedit run --out {run_dir} --resume`), or a Flower run, whose "
+                          "nodes keep their personal adapters (their personal-dir)")
     clients = json.loads(index.read_text())["clients"]
     if client not in clients:
         raise ConfigError(f"--client {client}: {run_dir} has no client {client} (its clients are "
