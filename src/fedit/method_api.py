@@ -20,9 +20,10 @@ from typing import Any, Callable, Mapping
 
 from fedit.errors import ConfigError
 
-# Kinds in the order their halves run: server wrappers innermost first (privacy, defence, codec
-# around the strategy), client transforms after local training (strategy, privacy, attack, codec).
-KINDS = ("strategy", "aggregation", "privacy", "defence", "attack", "codec")
+# Kinds in the order their halves run: server wrappers innermost first (personalization, privacy, defence,
+# codec around the strategy), client transforms after local training (strategy, personalization: the
+# personal part is taken out first, privacy, attack, codec).
+KINDS = ("strategy", "aggregation", "personalization", "privacy", "defence", "attack", "codec")
 
 
 def flag(name: str) -> str:

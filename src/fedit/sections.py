@@ -125,6 +125,9 @@ class DataConfig(_Section):
                                "category, messages, conversations)")
     data_seed: int | None = _opt(None, "seed of the data split: partition and the --max-client-records / "
                                  "--max-test-records subsamples (none: --seed)")
+    client_test_fraction: float | None = _opt(None, "keep this share of every client's own records out of "
+                                              "training as its held-out set (seeded, stratified by category; "
+                                              "per-client evaluation, docs/methods.md)")
 
     def __post_init__(self) -> None:
         _Section.__post_init__(self)
@@ -140,6 +143,8 @@ class DataConfig(_Section):
         _require(self.min_client_size >= 1, "min_client_size", f"must be at least 1, got {self.min_client_size}")
         _require(self.shards_per_client >= 1, "shards_per_client",
                  f"must be at least 1, got {self.shards_per_client}")
+        _require(self.client_test_fraction is None or 0 < self.client_test_fraction < 1, "client_test_fraction",
+                 f"must be in (0, 1), got {self.client_test_fraction}")
         for name in ("max_client_records", "max_test_records"):
             value = getattr(self, name)
             _require(value is None or value >= 1, name, f"must be at least 1, got {value}")

@@ -7,7 +7,7 @@ import dataclasses
 import json
 
 from fedit.cli.args import add_config_flags
-from fedit.cli.use import given_flags
+from fedit.cli.use import add_client_flag, given_flags
 from fedit.config import ExportConfig
 
 DESCRIPTION = ("Export a tuned model: the adapter merged into its base model as a plain transformers folder "
@@ -23,7 +23,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     names = {f.name for f in dataclasses.fields(ExportConfig)}
     settings = ExportConfig(**{k: v for k, v in vars(args).items() if k in names})
-    source = resolve_source(given_flags(args), run=args.run, adapter=args.adapter)
+    source = resolve_source(given_flags(args), run=args.run, adapter=args.adapter, client=args.client)
     out = export_model(source, args.out, settings)
     url = push_folder(out, settings.push_to_hub, private=settings.private) if settings.push_to_hub else None
     print(json.dumps({"out": str(out), "merged": settings.merge, "pushed": url}))
@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
     exp.add_argument("--run", help="a fedit run directory: its final adapter and base model")
     exp.add_argument("--adapter", help="a PEFT adapter folder (e.g. RUN/final); its base model comes from its "
                                        "adapter_config.json unless --model is given")
+    add_client_flag(exp)
     exp.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
     add_config_flags(exp, ["model"])
     add_config_flags(exp, sections={"export": ExportConfig})

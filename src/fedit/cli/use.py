@@ -22,8 +22,17 @@ def add_source_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", help="a fedit run directory: its final adapter, base model and template")
     parser.add_argument("--adapter", help="a PEFT adapter folder (e.g. RUN/final); its base model comes from "
                                           "its adapter_config.json unless --model is given")
+    add_client_flag(parser)
     add_config_flags(parser, SOURCE_FLAGS)
     add_config_flags(parser, sections={"sampling": SamplingConfig})
+
+
+CLIENT_HELP = ("client K's personalized model of --run (a simulation run with --personalization): "
+               "RUN/personal/client_NNN instead of RUN/final")
+
+
+def add_client_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--client", type=int, metavar="K", help=CLIENT_HELP)
 
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,7 +51,7 @@ def _load(args: argparse.Namespace):
 
     from fedit.runners.source import load_source_model, resolve_source
 
-    source = resolve_source(given_flags(args), run=args.run, adapter=args.adapter)
+    source = resolve_source(given_flags(args), run=args.run, adapter=args.adapter, client=args.client)
     bench = load_source_model(source)
     torch.manual_seed(source.cfg.federation.seed)   # sampling (--temperature > 0) is repeatable
     logging.getLogger("fedit.generate").info(precision_line(source.cfg.model.precision, bench.base.autocast_dtype))
@@ -64,7 +73,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fedit.runners.source import evaluate_model
     from fedit.runners.source import resolve_source
 
-    source = resolve_source(given_flags(args), run=args.run, adapter=args.adapter, preset=DEFAULT_PRESET)
+    source = resolve_source(given_flags(args), run=args.run, adapter=args.adapter, preset=DEFAULT_PRESET,
+                            client=args.client)
     print(json.dumps(evaluate_model(source), indent=2, default=float))
     return 0
 
@@ -106,6 +116,7 @@ def add_parser(sub) -> None:
                                     "as the run evaluates after every round.")
     ev.add_argument("--run", help=run_help)
     ev.add_argument("--adapter", help=adapter_help)
+    add_client_flag(ev)
     add_config_flags(ev, ["model", "device", "precision", "quantize", "test_data", "template", "max_len", "max_test_records",
                           "eval_batch_size", "seed", "columns"])
     ev.set_defaults(func=cmd_eval)

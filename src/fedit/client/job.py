@@ -111,7 +111,7 @@ def proximal_correction(job: ClientJob, device: torch.device, state: ClientState
     def correct(params: Mapping[str, torch.nn.Parameter]) -> None:
         with torch.no_grad():
             for key, p in params.items():
-                if p.grad is not None:
+                if p.grad is not None and key in anchor:   # not a personal part (fedsa's B, dual's local)
                     p.grad.add_(p.detach() - anchor[key].to(p.dtype), alpha=mu)
 
     return correct
@@ -182,8 +182,12 @@ def run_jobs(trainer, jobs: Sequence[ClientJob], datas: Sequence[Sequence[Tokeni
         state: ClientState = dict(client_states.get(job.client_id) or {})
         corrections = job_corrections(job, trainer.device, state)
         callback = None if on_step is None else (lambda s, t, loss, cid=job.client_id: on_step(cid, s, t, loss))
-        runs.append(ClientRun(job.client_id, job.round, job.state, data, job_train_config(train, job.config),
-                              corrections, callback, step_schedule(job), job_lora(job.config)))
+        run = ClientRun(job.client_id, job.round, job.state, data, job_train_config(train, job.config),
+                        corrections, callback, step_schedule(job), job_lora(job.config))
+        for half in client_halves():  # what a method changes in the run itself (a personal part)
+            if hasattr(half, "prepare"):
+                run = half.prepare(run, job, state, seed, trainer.initial_state)
+        runs.append(run)
         states.append(state)
     out = []
     for job, update, state in zip(jobs, trainer.train(runs, seed=seed), states):

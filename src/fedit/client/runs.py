@@ -38,6 +38,7 @@ class ClientRun:
     on_step: StepCallback | None = None
     lr_at_step: LrAtStep | None = None      # None: cfg.lr at every step
     lora: Lora | None = None                # the client's own adapter; None: the global one
+    local: dict[str, torch.Tensor] | None = None  # dual: a local adapter trained beside the global one
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fedit.experiment.claims import aggregate, claims, comparisons
+from fedit.experiment.per_client_report import per_client_figure, per_client_table
 from fedit.experiment.report_hparams import hyperparameter_table
 from fedit.experiment.report_tables import (Table, comparison_table, cost_table, figures, judge_intervals,
                                             metric_tables, provenance_table, relative_scores, summary_lines)
@@ -23,7 +24,8 @@ def tables(results: dict[str, Any], agg: dict[str, Any]) -> list[Table]:
     out = metric_tables(results, agg)
     ratios, _ = relative_scores({k: v for k, v in results.items() if k != "judge"})
     for table in (comparison_table(results, results.get("comparisons", {}), ratios), _reference_table(results),
-                  cost_table(results), hyperparameter_table(results), provenance_table(results)):
+                  cost_table(results), per_client_table(results), hyperparameter_table(results),
+                  provenance_table(results)):
         if table is not None:
             out.append(table)
     return out
@@ -146,7 +148,7 @@ def write_report(results: dict[str, Any], out: Path, partition: dict[str, Any], 
             "runs": {n: {s: {k: v for k, v in r.items() if k not in drop} for s, r in by_seed.items()}
                      for n, by_seed in results["runs"].items()}}
     atomic_write_text(out / "results.json", json.dumps(slim, indent=2, default=float) + "\n")
-    figs = figures(results, agg, out, partition)
+    figs = {**figures(results, agg, out, partition), **per_client_figure(results, out)}
     written = write_tables(tables(results, agg), out / "tables")
     return {"results": out / "results.json", "markdown": write_markdown(results, agg, figs, out),
             "html": write_html(results, agg, figs, out), **{p.stem: p for p in figs.values()},

@@ -276,11 +276,13 @@ def run_experiment(cfg: Config, settings: ExperimentSettings, out: str | Path, *
     from fedit.data import partition_stats
     from fedit.experiment.judge_client import JudgeError
     from fedit.experiment.judging import judge_systems, no_verdicts
+    from fedit.experiment.per_client import add_per_client
     from fedit.experiment.report import write_report
     from fedit.provenance import provenance
 
     exp = Experiment(cfg, settings, out, progress)
     results = exp.run()
+    add_per_client(exp, results)   # with --client-test-fraction: results["per_client"]
     results.setdefault("provenance", provenance())
     error: JudgeError | None = None
     if settings.judge is not None or judge is not None:

@@ -14,6 +14,7 @@ import numpy as np
 from fedit.client import LocalTrainer
 from fedit.config import Config, DataConfig
 from fedit.data import Example, load_source, make_partitioner
+from fedit.data.client_test import split_clients
 from fedit.data.prompts import TokenizedExample, tokenize_examples
 from fedit.errors import ConfigError
 from fedit.eval import evaluate_loss
@@ -106,7 +107,13 @@ def client_subsample(examples: list[Example], cfg: Config, client_id: int) -> li
 
 
 def load_clients(cfg: Config) -> list[list[Example]]:
-    """The training records, partitioned over clients as the config says."""
+    """The training records, partitioned over clients as the config says (without the records
+    --client-test-fraction holds out: :func:`load_client_split`)."""
+    return load_client_split(cfg)[0]
+
+
+def load_client_split(cfg: Config) -> tuple[list[list[Example]], list[list[Example]], list[list[int]]]:
+    """Every client's (training records, held-out records, held-out indices): fedit.data.client_test."""
     data = cfg.data
     examples, report = load_source(data.data, columns=data.columns)
     logger.info("training data %s: %s", data.data, report.summary())
@@ -118,7 +125,11 @@ def load_clients(cfg: Config) -> list[list[Example]]:
     clients = [client_subsample([examples[i] for i in part], cfg, cid) for cid, part in enumerate(parts)]
     logger.info("%d clients (%s partition), %d to %d records each", len(clients), data.partition,
                 min(map(len, clients)), max(map(len, clients)))
-    return clients
+    split = split_clients(clients, data.client_test_fraction, data_seed(cfg))
+    if data.client_test_fraction is not None:
+        logger.info("--client-test-fraction %g: %d records held out of the clients' training", data.client_test_fraction,
+                    sum(map(len, split[1])))
+    return split
 
 
 def load_test(cfg: Config) -> list[Example]:

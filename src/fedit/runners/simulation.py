@@ -31,8 +31,10 @@ from fedit.fileio import atomic_write_text
 from fedit.model import AdapterState
 from fedit.privacy.secagg_transport import SimulatedSecureAggregation
 from fedit.progress import Progress
-from fedit.runners.common import Workbench, clients_source, load_clients, no_examples_reason
+from fedit.data.client_test import split_record
+from fedit.runners.common import Workbench, clients_source, data_seed, load_client_split, no_examples_reason
 from fedit.runners.federation import ClientFailure, EvaluateFn, Reply, Transport
+from fedit.runners.personal import finetuner, personal_states, write_personal
 from fedit.runners.rundir import RunDir
 from fedit.runners.session import Roster, Session
 
@@ -141,7 +143,7 @@ class Simulation(Session):
     ``--data``, trained in this process; ``run()`` returns the final global adapter."""
 
     def early_clients(self, cfg: Config) -> Roster:
-        self.clients = load_clients(cfg)
+        self.clients, self.client_tests, self.test_indices = load_client_split(cfg)
         return Roster(len(self.clients), clients_source(cfg),
                       known_examples={cid: len(c) for cid, c in enumerate(self.clients)})
 
@@ -149,6 +151,9 @@ class Simulation(Session):
         heterogeneous = cfg.lora.client_ranks is not None or cfg.lora.client_targets is not None
         record = layout_record(self.roster.layouts) if heterogeneous else None
         write_partition_stats(self.clients, self.run_dir.path, record)
+        if cfg.data.client_test_fraction is not None:  # the per-client held-out split, recorded
+            atomic_write_text(self.run_dir.path / "client_test.json", json.dumps(split_record(
+                cfg.data.client_test_fraction, data_seed(cfg), self.client_tests, self.test_indices)) + "\n")
 
     def make_transport(self, cfg: Config, roster: Roster) -> Transport:
         self.attack = attack = plan_attack(cfg, len(self.clients))
@@ -168,6 +173,11 @@ class Simulation(Session):
 
     def finish(self) -> RunResult:
         super().finish()
+        if self.cfg.personalization.personalization != "none":  # RUN/personal/client_NNN
+            tune = finetuner(self.bench.trainer, self.cfg, self.federation.state, self.transport.client_data)
+            states = personal_states(self.cfg, self.federation.state, self.transport.client_states,
+                                     len(self.clients), tune)
+            write_personal(self.run_dir.path, self.cfg, self.run_dir.adapter_config, states)
         return RunResult(self.run_dir.path, self.federation.state, self.federation.history)
 
 

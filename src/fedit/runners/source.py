@@ -66,11 +66,37 @@ def _run_config(run: Path, flag: str) -> Config:
     return saved
 
 
+def personal_adapter(run_dir: Path, saved: Config, client: int) -> Path:
+    """``RUN/personal/client_NNN`` of a simulation run with personalization (one-line errors otherwise)."""
+    from fedit.runners.personal import INDEX, PERSONAL_DIR, client_folder
+
+    if saved.personalization.personalization == "none":
+        raise ConfigError(f"--client {client}: {run_dir} was trained without --personalization, so it has no "
+                          "personal adapters; use the global adapter (omit --client)")
+    index = run_dir / PERSONAL_DIR / INDEX
+    if not index.is_file():
+        raise ConfigError(f"--client {client}: {run_dir} has no personal/ folder: a simulation that has not "
+                          f"finished (finish it with `fedit run --out {run_dir} --resume`), or a Flower run, whose "
+                          "nodes keep their personal adapters (their personal-dir)")
+    clients = json.loads(index.read_text())["clients"]
+    if client not in clients:
+        raise ConfigError(f"--client {client}: {run_dir} has no client {client} (its clients are "
+                          f"{min(clients)}..{max(clients)})")
+    return client_folder(run_dir, client)
+
+
 def resolve_source(given: dict[str, Any], *, run: str | None = None, adapter: str | None = None,
-                   preset: str = "cpu-demo") -> ModelSource:
-    """The model a command uses; ``given`` holds the config flags the user passed (flat)."""
+                   preset: str = "cpu-demo", client: int | None = None) -> ModelSource:
+    """The model a command uses; ``given`` holds the config flags the user passed (flat); ``client``:
+    that client's personal adapter of the run (``--client K``)."""
     from fedit.config import load_config
 
+    if client is not None:
+        if run is None or adapter is not None:
+            raise ConfigError(f"--client {client}: needs --run (a run trained with --personalization) and no "
+                              "--adapter")
+        adapter = str(personal_adapter(Path(run).expanduser(), _run_config(Path(run).expanduser(), "--run"),
+                                       client))
     if run is not None:
         run_dir = Path(run).expanduser()
         base = _run_config(run_dir, "--run")

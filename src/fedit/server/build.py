@@ -15,7 +15,7 @@ from fedit.client_lora import ClientLora, canonical_targets, differing, resolve_
 from fedit.server import compression
 from fedit.config import Config
 from fedit.errors import ConfigError
-from fedit.server import defences, scheduled
+from fedit.server import defences, personal, scheduled
 from fedit.server.compat import CLIENT_FLAGS, check_methods
 from fedit.server.strategy import Strategy, StrategyWrapper
 
@@ -75,6 +75,7 @@ def build_strategy(cfg: Config, num_clients: int,
     strategy = cls(num_clients=num_clients, clients_per_round=cfg.federation.clients_to_sample(num_clients),
                    seed=cfg.federation.seed, client_lora=differing(layouts, global_lora(cfg)),
                    **method_kwargs(cls, cfg))
+    strategy = personal.wrap(strategy, cfg)   # innermost: what the clients keep is never aggregated
     for method in registry.methods("privacy"):
         if method.server is not None and method.active(cfg):
             strategy = method.half("server")(strategy, cfg)

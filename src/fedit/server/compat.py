@@ -35,6 +35,7 @@ def chosen(cfg: Any) -> list[tuple[Method, str]]:
     out = [(registry.method(kind, name), f"{flag} {cfg.communication.compress if kind == 'codec' else name}")
            for kind, name, flag in picks if name != "none"]
     out += [(m, m.flags(cfg) if m.flags else m.name) for m in registry.methods("privacy") if m.active and m.active(cfg)]
+    out += [(m, m.flags(cfg)) for m in registry.methods("personalization") if m.active and m.active(cfg)]
     return out
 
 
@@ -96,6 +97,29 @@ def check_methods(cfg: Any, layouts: Sequence[ClientLora] | None = None,
         raise ConfigError(f"{s_flag} needs every client to train the whole adapter: it does not combine with "
                           f"{targets_flag}")
     _check_ranks(ranks, lora_r, ranks_flag, s_flag if full else None, agg, a_flag)
+    _check_personal(items, uneven, f"{ranks_flag}/{targets_flag}")
+
+
+def _check_personal(items: list[tuple[Method, str]], uneven: bool, layout_flags: str) -> None:
+    """A personal part (fedsa's B, dual's local adapter) must not be what another method shares,
+    re-factors, corrects or codes."""
+    personal = next(((m, f) for m, f in items if m.kind == "personalization" and m.capabilities.client_state), None)
+    if personal is None:
+        return
+    m, fm = personal
+    for n, fn in items:
+        if n is m:
+            continue
+        caps = n.capabilities
+        why = ("trains and shares only B, which fedsa keeps at the client" if caps.partial_adapter
+               else "re-factors the product B·A every round" if caps.refactors and m.name == "fedsa"
+               else "keeps per-client state on the same factors" if caps.client_state
+               else None)
+        if why:
+            raise ConfigError(f"{fm} does not combine with {fn}, which {why}: drop one of them")
+    if uneven:
+        raise ConfigError(f"{fm} keeps a personal part of the global adapter's layout; it does not combine with "
+                          f"{layout_flags}: drop one of them")
 
 
 def _check_coordinatewise(items: list[tuple[Method, str]], uneven: bool, layout_flags: str) -> None:

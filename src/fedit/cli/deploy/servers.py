@@ -123,6 +123,8 @@ def add_supernode(sub) -> None:
                                                  "(default: the run's; see docs/methods.md)")
     p.add_argument("--lora-targets", help="the modules this node adapts, within the run's --lora-targets: "
                                           "all-linear or a comma list (default: the run's)")
+    p.add_argument("--personal-dir", type=Path, help="--personalization fedsa/dual: where this node writes its "
+                                                     "personal adapter after each of its rounds (stays here)")
     p.add_argument("--print-command", action="store_true", help="print the flower-supernode command, do not run")
 
     def run(args: argparse.Namespace) -> int:
@@ -135,7 +137,8 @@ def add_supernode(sub) -> None:
         root = Path(args.root_certificates).resolve() if args.root_certificates else None
         argv = supernode_command(args.superlink, args.data, client_index=args.client_index, port=args.port,
                                  root_cert=root, private_key=args.auth_key.resolve() if args.auth_key else None,
-                                 lora_rank=args.lora_rank, lora_targets=args.lora_targets)
+                                 lora_rank=args.lora_rank, lora_targets=args.lora_targets,
+                                 personal_dir=args.personal_dir)
         return _foreground([("supernode", argv)], flwr_home(args), args.print_command, guard=True)
 
     p.set_defaults(func=run)

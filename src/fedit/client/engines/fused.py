@@ -142,6 +142,8 @@ class FusedEngine(Engine):
     def why_not(self, run: ClientRun) -> str | None:
         """The fused kernel trains the full global adapter of supported models."""
         reason = why_unsupported(self.model)
+        if reason is None and run.local is not None:
+            reason = "a local adapter is trained beside the global one (dual)"
         if reason is None and run.lora is not None:
             reason = "the client trains its own LoRA rank or targets"
         if reason is None and set(run.state) != set(adapter_parameters(self.model)):

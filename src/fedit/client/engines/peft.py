@@ -7,7 +7,7 @@ seeded with the client seed inside a fork, so the global RNG is left as it was.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator, Sequence
 
 import torch
@@ -17,6 +17,7 @@ from fedit.client.engines.base import Computed, Engine, Params, Slice
 from fedit.client.loss import token_losses
 from fedit.client.runs import ClientRun
 from fedit.model import AdapterState, autocast, client_adapter
+from fedit.model.dual import dual_adapter
 
 
 class PeftEngine(Engine):
@@ -34,7 +35,11 @@ class PeftEngine(Engine):
     @contextmanager
     def open(self, runs: Sequence[ClientRun], seeds: Sequence[int]) -> Iterator[list[Params]]:
         (run,), (seed,) = runs, seeds
-        with client_adapter(self.model, run.lora, run.state, self.initial_state) as named:
+        with ExitStack() as stack:
+            if run.local is not None:  # dual: the global and the local adapter, both trained
+                named = stack.enter_context(dual_adapter(self.model, run.state, run.local, self.initial_state))
+            else:
+                named = stack.enter_context(client_adapter(self.model, run.lora, run.state, self.initial_state))
             self.model.train()
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):

@@ -31,7 +31,8 @@ from fedit.data import Example, load_examples
 from fedit.errors import ConfigError, DataError, FeditError
 from fedit.runners.flower.secagg import secure_aggregation_mod
 from fedit.runners.flower.wire import (CLIENT_INDEX_KEY, CONFIG, DATA_PATH_KEY, FEDIT_ERROR_CODE, LORA_RANK_KEY,
-                                       LORA_TARGETS_KEY, config_from_run, job_from_message, update_content)
+                                       LORA_TARGETS_KEY, PERSONAL_DIR_KEY, config_from_run, job_from_message,
+                                       update_content)
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +133,14 @@ def node_examples(node_config: dict[str, Any], cfg: Config, client_id: int) -> l
     """The records this node trains on as client ``client_id``: subsampled as the simulation does."""
     if simulated(node_config):
         return simulated_records(cfg, client_id)
-    from fedit.runners.common import client_subsample  # imports torch: only when training
+    from fedit.data.client_test import split_one
+    from fedit.runners.common import client_subsample, data_seed  # imports torch: only when training
 
-    return client_subsample(node_records(node_config, cfg.data.columns), cfg, client_id)
+    records = client_subsample(node_records(node_config, cfg.data.columns), cfg, client_id)
+    if cfg.data.client_test_fraction is None:
+        return records
+    # --client-test-fraction: the node holds out the same records the simulation holds out of this client
+    return split_one(records, cfg.data.client_test_fraction, data_seed(cfg), client_id)[0]
 
 
 def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:
@@ -181,6 +187,16 @@ def save_client_state(context: Context, state: dict) -> None:
         context.state[STATE_PREFIX + name] = ArrayRecord(torch_state_dict=tensors)
 
 
+def write_node_personal(node_config: dict[str, Any], bench: Any, job: Any, update: Any, state: dict) -> None:
+    """--personalization on a node: its personal adapter after this round into its own folder
+    (node config ``personal-dir``), never into a message (fedit.runners.personal.node_personal)."""
+    folder = node_config.get(PERSONAL_DIR_KEY)
+    if folder and job.config.get("personalization", "none") in ("fedsa", "dual"):
+        from fedit.runners.personal import node_personal
+
+        node_personal(Path(str(folder)), bench, job, update, state)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One local round: the core's run_job on this node's records, as the simulation runs it."""
@@ -208,6 +224,7 @@ def train(msg: Message, context: Context) -> Message:
         update, state = run_job(bench.trainer, job, data, cfg.train, seed=cfg.federation.seed,
                                 client_state=load_client_state(context))
         save_client_state(context, state)
+        write_node_personal(context.node_config, bench, job, update, state)
     except (FeditError, OSError, ValueError, KeyError) as exc:
         return _error_reply(msg, context, exc)
     return Message(update_content(update), reply_to=msg)

@@ -16,7 +16,8 @@ from pathlib import Path
 from fedit.errors import FeditError
 from fedit.runners.flower.appdir import CONNECTION
 from fedit.runners.flower.processes import bin_dir
-from fedit.runners.flower.wire import CLIENT_INDEX_KEY, DATA_PATH_KEY, LORA_RANK_KEY, LORA_TARGETS_KEY
+from fedit.runners.flower.wire import (CLIENT_INDEX_KEY, DATA_PATH_KEY, LORA_RANK_KEY, LORA_TARGETS_KEY,
+                                       PERSONAL_DIR_KEY)
 
 
 @dataclass
@@ -59,7 +60,7 @@ def front_command(host: str, port: int, link_port: int, *, tls: LinkTls | None) 
 
 
 def node_config(data: Path, client_index: int | None, lora_rank: int | None = None,
-                lora_targets: str | None = None) -> str:
+                lora_targets: str | None = None, personal_dir: Path | None = None) -> str:
     items = [f'{DATA_PATH_KEY}="{Path(data).resolve()}"']
     if client_index is not None:
         items.append(f"{CLIENT_INDEX_KEY}={client_index}")
@@ -67,6 +68,8 @@ def node_config(data: Path, client_index: int | None, lora_rank: int | None = No
         items.append(f"{LORA_RANK_KEY}={lora_rank}")
     if lora_targets is not None:
         items.append(f'{LORA_TARGETS_KEY}="{lora_targets}"')
+    if personal_dir is not None:
+        items.append(f'{PERSONAL_DIR_KEY}="{Path(personal_dir).resolve()}"')
     return " ".join(items)
 
 
@@ -82,9 +85,9 @@ def check_private_key(path: Path) -> None:
 def supernode_command(superlink: str, data: Path, *, client_index: int | None, port: int,
                       root_cert: Path | None, private_key: Path | None,
                       max_wait_time: float | None = None, lora_rank: int | None = None,
-                      lora_targets: str | None = None) -> list[str]:
+                      lora_targets: str | None = None, personal_dir: Path | None = None) -> list[str]:
     argv = [_tool("flower-supernode"), "--superlink", superlink, "--port", str(port),
-            "--node-config", node_config(data, client_index, lora_rank, lora_targets)]
+            "--node-config", node_config(data, client_index, lora_rank, lora_targets, personal_dir)]
     argv += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
     if private_key is not None:
         check_private_key(private_key)

@@ -187,7 +187,8 @@ class LocalFederation:
                                         port=free_port(HOST), root_cert=self.tls.ca_cert if self.tls else None,
                                         private_key=key, max_wait_time=max_wait_time,
                                         lora_rank=layout.rank if layout else None,
-                                        lora_targets=layout.targets if layout else None)
+                                        lora_targets=layout.targets if layout else None,
+                                        personal_dir=self.work / "nodes" / name / "personal")
         env = guarded_env(self.env, self.work / "guard-bin")   # the node runs fedit's app only (guard.py)
         return self.group.start(name, argv, env=env, log_path=self.work / "logs" / f"{name}.log")
 

@@ -36,6 +36,7 @@ RESUME_KEY = "resume"                # continue the run in OUT from its last che
 DATA_PATH_KEY = "data-path"
 CLIENT_INDEX_KEY = "client-index"
 LORA_RANK_KEY = "lora-rank"          # the rank this node trains (heterogeneous clients; default: the run's)
+PERSONAL_DIR_KEY = "personal-dir"    # where the node writes its personal adapter (--personalization)
 LORA_TARGETS_KEY = "lora-targets"    # the modules this node adapts (default: the run's)
 
 FEDIT_ERROR_CODE = 100               # a node's user error (bad data file...), one line in the reason
