@@ -11,12 +11,11 @@ Layout of ``--out``::
     judge/, judge.jsonl             cached verdicts per pair; every judge request and reply
     results.json, report.md, report.html, *.png
 
-A rerun on the same ``--out`` reuses every system whose result.json matches its spec and the
-evaluation settings, re-evaluates a system whose adapter exists but whose evaluation settings
-changed, and resumes a half-finished fedit run from its last checkpoint. Systems not selected by
-``--systems`` stay in the report as they are; those evaluated with other settings than this run's
-are listed as such and left out of the text-metric comparisons (their held-out loss does not
-depend on those settings and is still compared).
+A rerun on the same ``--out`` reuses every system whose result.json matches its spec and the evaluation
+settings, re-evaluates a system whose adapter exists but whose evaluation settings changed, and resumes a
+half-finished fedit run from its last checkpoint. Systems not selected by ``--systems`` stay in the report
+as they are; those evaluated with other settings are listed as such and left out of the text-metric
+comparisons (their held-out loss does not depend on those settings and is still compared).
 """
 
 from __future__ import annotations
@@ -278,7 +277,6 @@ def run_experiment(cfg: Config, settings: ExperimentSettings, out: str | Path, *
     from fedit.experiment.judging import judge_systems, no_verdicts
     from fedit.experiment.per_client import add_per_client
     from fedit.experiment.report import write_report
-    from fedit.provenance import provenance
 
     exp = Experiment(cfg, settings, out, progress)
     results = exp.run()
