@@ -27,7 +27,7 @@ def rounds(out: Path) -> list[dict]:
 def test_poisson_dp_auto_clip_run_copes_with_empty_rounds_and_records_its_accounting(fixtures_dir, tmp_path):
     out = tmp_path / "run"
     assert main(run_args(fixtures_dir, out, "--rounds", "4", "--client-sampling", "poisson", "--dp-clip", "auto",
-                         "--dp-noise-multiplier", "1.0", "--dp-accountant", "pld", "--dp-clip-count-noise", "2", "--dp-noise-seed", "5")) == 0
+                         "--dp-noise-multiplier", "1.0", "--dp-accountant", "rdp", "--dp-clip-count-noise", "2", "--dp-noise-seed", "5")) == 0
     recs = rounds(out)[1:]
     assert [len(r["clients"]) for r in recs] == [0, 1, 0, 1]        # q = 1/3 of 3 clients, seeded by --dp-noise-seed
     empty = recs[0]
@@ -37,7 +37,7 @@ def test_poisson_dp_auto_clip_run_copes_with_empty_rounds_and_records_its_accoun
     clips = [r["dp_clip"] for r in recs]
     assert clips[0] == 0.1 and len(set(clips)) == 4                 # adaptive: a new clip every round
     assert all(r["dp_clip_next"] == pytest.approx(n) for r, n in zip(recs, clips[1:]))
-    how = "PLD accountant (dp-accounting), Poisson sampling, add/remove neighbours, with the adaptive clip's noised count"
+    how = "RDP accountant (dp-accounting), Poisson sampling, add/remove neighbours, with the adaptive clip's noised count"
     assert recs[-1]["dp_accounting"] == how
     card = (out / "final" / "README.md").read_text()
     assert f"after 4 releases, noise multiplier 1, clip {clips[-1]:.4g}; {how}" in card
