@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from fedit.audit.canary_audit import canary_audit
+from fedit.audit.canary_audit import canary_audit, pick
 from fedit.audit.update_attack import update_attack
 from fedit.data import Example
 from fedit.errors import ConfigError
@@ -19,7 +19,7 @@ from fedit.fileio import atomic_write_text
 from fedit.model import set_adapter_state
 from fedit.privacy.canaries import CANARIES_FILE, read_canaries
 from fedit.runners.checkpoint import latest_checkpoint, load_checkpoint
-from fedit.runners.common import Workbench, build_workbench, load_clients, load_test
+from fedit.runners.common import Workbench, build_workbench, load_clients
 from fedit.runners.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ def run_audit(run: str | Path, *, seed: int = 0, records: int = 32, canaries: in
     if cfg is None:
         raise ConfigError(f"--run {run}: not a fedit run directory (no config.yaml)")
     has_canaries = (run_dir.path / CANARIES_FILE).is_file()
-    if canaries and not has_canaries:
-        read_canaries(run_dir.path)  # raises the one-line refusal
+    record = read_canaries(run_dir.path) if canaries or has_canaries else None  # none: a one-line refusal
+    if record is not None and canaries:
+        pick(record, canaries)   # refuses more canaries than the run inserted, before the model loads
     ckpt_path = latest_checkpoint(run_dir.path)
     if ckpt_path is None:
         raise ConfigError(f"--run {run}: no checkpoint (has the run finished a round?)")
@@ -77,24 +78,16 @@ def run_audit(run: str | Path, *, seed: int = 0, records: int = 32, canaries: in
     bench = bench if bench is not None else build_workbench(cfg)
     score = Scorer(bench, cfg)
     clients = [[ex for ex in c if score.fits(ex)] for c in load_clients(cfg)]
-    held_out = [ex for ex in load_test(cfg) if score.fits(ex)]
-    state = {k: v for k, v in ckpt.adapter.items()}
-    datas: dict[int, Any] = {}
-
-    def tokenized(cid: int):
-        if cid not in datas:
-            datas[cid] = bench.tokenize(clients[cid], cfg.data)
-        return datas[cid]
-
     account = accountant_epsilon(run_dir)
     delta = account["delta"] or cfg.privacy.dp_delta
     result: dict[str, Any] = {"run": str(run_dir.path), "seed": seed, "accountant": account,
                               "final_round": ckpt.round}
     # the update of a client's first round: from the run's initial adapter, which has seen none of its data
-    result["update_attack"] = update_attack(bench.trainer, cfg, clients, held_out, bench.initial_state, 1, score,
-                                            tokenized, records=records, seed=seed)
+    result["update_attack"] = update_attack(bench.trainer, cfg, clients, bench.initial_state, 1, score,
+                                            lambda examples: bench.tokenize(examples, cfg.data), records=records,
+                                            seed=seed)
     if has_canaries and canaries != 0:
-        result["canaries"] = canary_audit(score, state, bench.initial_state, read_canaries(run_dir.path),
+        result["canaries"] = canary_audit(score, dict(ckpt.adapter), bench.initial_state, record,
                                           count=canaries, references=references, seed=seed, delta=delta,
                                           confidence=confidence)
     atomic_write_text(run_dir.path / AUDIT_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")

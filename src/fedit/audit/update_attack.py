@@ -1,19 +1,18 @@
 """Membership inference by an honest-but-curious server on one client's update.
 
-One client of the run (drawn by the audit's seed among those with records to spare) is trained
-again as in its first round: from the run's initial adapter, which has seen none of its records
-(from the final adapter, which has, its members' losses are already low and the attack measures
-little; see docs/privacy.md), with the run's local settings. The server's view of its update comes from
-:mod:`fedit.audit.views`. Candidate records: up to ``records`` of that client's own training records
-(members) and as many held-out records (``--test-data``, never trained on by anyone; the members'
-categories first), the non-members. A record's score is how much the update lowers its loss:
-loss(global) - loss(global + view), per response token. Reported per view: the ROC AUC and the
-true-positive rate at 1 % false positives (with fewer than 100 non-members that means at 0 of them).
+One client of the run (drawn by the audit's seed among those with 4 records or more) is trained
+again as in its first round: from the run's initial adapter, which has seen none of its records,
+with the run's local settings, on its records minus a random half held out for the purpose. Its
+candidates are up to ``records`` of the records it trained on (members) and up to ``records`` of
+the held-out half (non-members): the same client, the same distribution, so a score that separates
+them measures memorization, not a shift between datasets. The server's view of the update comes
+from :mod:`fedit.audit.views`. A record's score is how much the update lowers its loss:
+loss(start) - loss(start + view), per response token. Reported per view: the ROC AUC and the
+true-positive rate at 1 % false positives (with fewer than 100 non-members: at 0 of them).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -27,40 +26,31 @@ LossFn = Callable[[dict, Sequence[Example]], list[float]]
 
 
 def choose_target(clients: Sequence[Sequence[Example]], rng: np.random.Generator) -> int:
-    eligible = [cid for cid, c in enumerate(clients) if len(c) >= 2]
+    eligible = [cid for cid, c in enumerate(clients) if len(c) >= 4]
     if not eligible:
-        raise ConfigError("fedit audit: no client has 2 records or more to attack")
+        raise ConfigError("fedit audit: no client has 4 records or more to attack")
     return int(rng.choice(eligible))
 
 
-def non_members(members: Sequence[Example], held_out: Sequence[Example], rng: np.random.Generator) -> list[Example]:
-    """As many held-out records as members, of the members' categories first (seeded)."""
-    by_cat: dict[str, list[Example]] = defaultdict(list)
-    for i in rng.permutation(len(held_out)).tolist():
-        by_cat[held_out[i].category].append(held_out[i])
-    picked: list[Example] = []
-    for ex in members:
-        if by_cat.get(ex.category):
-            picked.append(by_cat[ex.category].pop())
-    rest = [ex for pool in by_cat.values() for ex in pool]
-    rng.shuffle(rest)
-    return picked + rest[:max(0, len(members) - len(picked))]
-
-
-def update_attack(trainer: Any, cfg: Any, clients: Sequence[list[Example]], held_out: Sequence[Example],
-                  state: dict, round_idx: int, losses: LossFn, tokenized: Callable[[int], Any], *,
-                  records: int, seed: int) -> dict[str, Any]:
-    if not held_out:
-        raise ConfigError("fedit audit: the update attack needs non-member records: the run has no --test-data")
+def update_attack(trainer: Any, cfg: Any, clients: Sequence[list[Example]], state: dict, round_idx: int,
+                  losses: LossFn, tokenize: Callable[[Sequence[Example]], Any], *, records: int,
+                  seed: int) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 0xA0D17])
     target = choose_target(clients, rng)
-    own = list(clients[target])
-    members = [own[i] for i in sorted(rng.choice(len(own), size=min(records, len(own)), replace=False).tolist())]
-    others = non_members(members, held_out, rng)
+    own = [clients[target][i] for i in rng.permutation(len(clients[target])).tolist()]
+    trained, held = own[:len(own) // 2], own[len(own) // 2:]
+    members, others = trained[:records], held[:records]
+    data = {target: tokenize(trained)}
+
+    def data_of(cid: int):
+        if cid not in data:
+            data[cid] = tokenize(clients[cid])
+        return data[cid]
+
     before = losses(state, members + others)
-    result: dict[str, Any] = {"target_client": target, "round": round_idx, "members": len(members),
-                              "non_members": len(others), "views": {}}
-    for view in views(trainer, cfg, len(clients), state, round_idx, target, tokenized):
+    result: dict[str, Any] = {"target_client": target, "round": round_idx, "trained_records": len(trained),
+                              "members": len(members), "non_members": len(others), "views": {}}
+    for view in views(trainer, cfg, len(clients), state, round_idx, target, data_of):
         after = losses(view.state, members + others)
         scores = [b - a for b, a in zip(before, after)]
         result["views"][view.name] = {"auc": roc_auc(scores[:len(members)], scores[len(members):]),
