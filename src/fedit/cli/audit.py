@@ -15,10 +15,10 @@ DESCRIPTION = ("Measure what a finished run leaks, next to the accountant's epsi
                "See docs/privacy.md.")
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace, canaries: bool = True) -> None:
     if args.audit_records < 2:
         raise ConfigError(f"--audit-records: must be at least 2, got {args.audit_records}")
-    if args.audit_canaries is not None and args.audit_canaries < 0:
+    if canaries and args.audit_canaries is not None and args.audit_canaries < 0:
         raise ConfigError(f"--audit-canaries: must be >= 0, got {args.audit_canaries}")
     if args.audit_references < 1:
         raise ConfigError(f"--audit-references: must be at least 1, got {args.audit_references}")

@@ -7,6 +7,7 @@ import json
 import logging
 
 from fedit.cli.args import add_config_flags, config_from_args, log_config, progress
+from fedit.cli.audit import add_audit_flags, check_args, summary_lines
 from fedit.config import load_config, preset_names
 from fedit.experiment.settings import JUDGE_PROMPTS, ExperimentSettings, JudgeSettings
 
@@ -91,6 +92,10 @@ def add_parser(sub) -> None:
                         "paper's Fig. 3) instead of against FedIT")
     j.add_argument("--judge-max-tokens", type=int, default=_J["max_tokens"],
                    help=f"the judge's reply length limit (default {_J['max_tokens']})")
+    a = p.add_argument_group("privacy audit (fedit audit on the federated run; docs/privacy.md)")
+    a.add_argument("--audit", action="store_true", help="audit the fedit system's run(s) and add a section to the "
+                                                        "report (with --audit-canaries K: canaries too)")
+    add_audit_flags(a)
     add_config_flags(p, preset=DEFAULT_PRESET)
     p.set_defaults(func=cmd_experiment)
 
@@ -123,7 +128,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     cfg = config_from_args(args, load_config(args.config or DEFAULT_PRESET))
     log_config(cfg)
+    if args.audit:
+        check_args(args, canaries=False)
     with progress() as bars:
         summary = run_experiment(cfg, settings, args.out, progress=bars)
+    if args.audit:
+        from fedit.experiment.audit_report import audit_experiment
+
+        audits = audit_experiment(args.out, seed=args.audit_seed, records=args.audit_records,
+                                  references=args.audit_references, confidence=args.audit_confidence)
+        summary["audit"] = {run: summary_lines(a) for run, a in audits.items()}
     print(json.dumps(summary, indent=2, default=float))
     return 0
