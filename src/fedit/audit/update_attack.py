@@ -2,10 +2,11 @@
 
 One client of the run (drawn by the audit's seed among those with 4 records or more) is trained
 again as in its first round: from the run's initial adapter, which has seen none of its records,
-with the run's local settings, on its records minus a random half held out for the purpose. Its
-candidates are up to ``records`` of the records it trained on (members) and up to ``records`` of
-the held-out half (non-members): the same client, the same distribution, so a score that separates
-them measures memorization, not a shift between datasets. The server's view of the update comes
+with the run's local settings, on n = min(``records``, half its records) of its records drawn at
+random (the members), while another n of its records are held out for the purpose (the
+non-members): the same client, the same distribution, so a score that separates them measures
+memorization, not a shift between datasets. Training on n records only (every member is seen when
+local steps x batch >= n) makes this a worst case for the client, as an audit should be. The server's view of the update comes
 from :mod:`fedit.audit.views`. A record's score is how much the update lowers its loss:
 loss(start) - loss(start + view), per response token. Reported per view: the ROC AUC and the
 true-positive rate at 1 % false positives (with fewer than 100 non-members: at 0 of them).
@@ -38,8 +39,9 @@ def update_attack(trainer: Any, cfg: Any, clients: Sequence[list[Example]], stat
     rng = np.random.default_rng([seed, 0xA0D17])
     target = choose_target(clients, rng)
     own = [clients[target][i] for i in rng.permutation(len(clients[target])).tolist()]
-    trained, held = own[:len(own) // 2], own[len(own) // 2:]
-    members, others = trained[:records], held[:records]
+    n = min(records, len(own) // 2)
+    trained, held = own[:n], own[n:2 * n]   # it trains on its members only: every one is seen when steps allow
+    members, others = trained, held
     data = {target: tokenize(trained)}
 
     def data_of(cid: int):
