@@ -54,3 +54,12 @@ def test_audit_of_a_run_with_canaries_writes_audit_json_and_refuses_bad_requests
     assert main(["run", "--out", str(tmp_path / "x"), "--audit-repeats", "0"]) == 2
     assert "--audit-repeats: must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_deploy_refuses_canaries_before_starting_anything(fixtures_dir, tmp_path, capsys):
+    code = main(["deploy", "local", "--node-data", str(fixtures_dir / "tiny" / "client_0.json"), "--out",
+                 str(tmp_path / "run"), "--model", "tiny-random", "--clients-per-round", "1", "--audit-canaries", "2"])
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "fedit deploy: error: --audit-canaries: canaries are inserted by `fedit run` only; a Flower node's data is "
+        "its own")
