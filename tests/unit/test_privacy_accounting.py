@@ -162,3 +162,37 @@ def test_impossible_combinations_are_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as err:
         build_strategy(Config().override(overrides), 10)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_round_loop_keeps_the_adapter_when_poisson_sampling_draws_nobody(tmp_path):
+    """Without DP a round that samples nobody trains nothing, keeps the adapter, and is still a round
+    (logged, evaluated, checkpointed); the transport is not called for it."""
+    from fedit.runners.federation import Federation
+    from fedit.runners.rundir import RunDir
+
+    class Transport:
+        calls = 0
+
+        def train(self, jobs):
+            Transport.calls += 1
+            return [ClientUpdate(j.client_id, {"a": torch.ones(2)}, 4, {"train_loss": 1.0}) for j in jobs]
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    cfg = Config().override({"model": "tiny-random", "num_clients": 10, "clients_per_round": 1, "rounds": 6,
+                             "client_sampling": "poisson", "seed": 3})
+    run_dir = RunDir(tmp_path / "run")
+    fed = Federation(cfg, build_strategy(cfg, 10), Transport(), run_dir,
+                     evaluate=lambda s: {"overall": {"loss": float(s["a"].sum()), "perplexity": 1.0}})
+    fed.start({"a": torch.zeros(2)}, run_dir.prepare(cfg, resume=False))
+    fed.run()
+    rounds = fed.history[1:]
+    sizes = [len(r["clients"]) for r in rounds]
+    assert sizes == [1, 3, 0, 1, 3, 1] and Transport.calls == 5     # q = 0.1 of 10 clients, seed 3
+    assert rounds[2]["no_client_sampled"] is True and "train_loss" not in rounds[2]
+    assert [r["eval"]["overall"]["loss"] for r in rounds[:3]] == [2.0, 2.0, 2.0]   # the adapter kept
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())[-1] == "round_0006"
