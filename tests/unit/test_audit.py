@@ -11,6 +11,7 @@ import pytest
 from fedit.audit.run import Scorer
 from fedit.audit.stats import clopper_pearson, epsilon_lower_bound, exposure, roc_auc, tpr_at_fpr
 from fedit.audit.update_attack import update_attack
+from fedit.audit.views import mechanism_name
 from fedit.config import Config
 from fedit.data import load_source
 from fedit.runners.common import build_workbench
@@ -33,6 +34,18 @@ def test_clopper_pearson_and_the_epsilon_lower_bound():
     assert bound["tpr"] == 1.0 and bound["fpr"] == 0.0
     assert epsilon_lower_bound([0.0, 1.0] * 4, [0.0, 1.0] * 4, 1e-5)["epsilon_lower_bound"] == 0.0
     assert exposure(0.1, [1.0, 2.0, 3.0]) == 2.0 and exposure(5.0, [1.0, 2.0, 3.0]) == 0.0
+
+
+@pytest.mark.parametrize("overrides,name", [
+    ({}, "plain"),
+    ({"dp_clip": 0.1, "dp_noise_multiplier": 1.0}, "clipped"),
+    ({"dp_clip": "auto", "dp_noise_multiplier": 1.0}, "plain"),          # the clients send unclipped updates
+    ({"dp_clip": 0.1, "dp_noise_multiplier": 1.0, "dp_mode": "local", "compress": "int8"}, "local-dp+int8"),
+    ({"compress": "topk:0.1"}, "topk:0.1"),
+    ({"secure_aggregation": True, "dp_clip": 0.1, "dp_noise_multiplier": 1.0}, "clipped+secure-sum"),
+])
+def test_the_server_view_of_each_mechanism(overrides, name):
+    assert mechanism_name(Config().override(overrides)) == name
 
 
 @pytest.fixture(scope="module")
