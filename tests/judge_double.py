@@ -18,10 +18,14 @@ class ScriptedJudgeServer:
     or ``(status, content, headers)`` (e.g. ``{"Retry-After": "7"}``); an error status sends
     OpenAI's error object with ``content`` as its message. With ``reject_max_tokens`` every request
     that carries ``max_tokens`` gets OpenAI's 400 for newer models (not taken from the script).
-    It records every request body and Authorization header; it is not a model."""
+    A reply whose headers set a Content-Type other than JSON sends ``content`` as the raw body (an
+    HTML page). ``GET /v1/models`` lists ``models`` (OpenAI's list object), or is a 404 when None.
+    It records every POST's body and Authorization header (``requests``) and every GET's path
+    (``gets``); it is not a model."""
 
-    def __init__(self, script: list[tuple], reject_max_tokens: bool = False) -> None:
-        self.script, self.requests = list(script), []
+    def __init__(self, script: list[tuple], reject_max_tokens: bool = False,
+                 models: list[str] | None = None) -> None:
+        self.script, self.requests, self.gets = list(script), [], []   # POSTs (bodies), GET paths
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,12 +40,26 @@ class ScriptedJudgeServer:
                     headers = rest[0] if rest else {}
                     payload = {"choices": [{"message": {"role": "assistant", "content": content}}]} \
                         if status == 200 else {"error": {"message": content}}
-                data = json.dumps(payload).encode()
+                raw = "json" not in headers.get("Content-Type", "application/json")
+                data = content.encode() if raw else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                if not raw:
+                    self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in headers.items():
                     self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802 (http.server API)
+                outer.gets.append(self.path)
+                if models is None or not self.path.endswith("/models"):
+                    self.send_error(404)
+                    return
+                data = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in models]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 

@@ -148,20 +148,8 @@ class _ConfigBase:
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> Config:
         """Build from a nested dict (a preset or a config.yaml); unknown keys are errors."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{origin}: expected a mapping of sections ({', '.join(SECTIONS)})")
-        sections = {}
-        for name, values in data.items():
-            if name not in SECTIONS:
-                raise ConfigError(f"{origin}: unknown section '{name}' (known: {', '.join(SECTIONS)})")
-            if not isinstance(values, dict):
-                raise ConfigError(f"{origin}: section '{name}' must be a mapping")
-            known = {f.name for f in dataclasses.fields(SECTIONS[name])}
-            for key in values:
-                if key not in known:
-                    raise ConfigError(f"{origin}: unknown key '{name}.{key}'")
-            sections[name] = SECTIONS[name](**values)
-        return cls(**sections)
+        check_keys(data, origin)
+        return cls(**{name: SECTIONS[name](**values) for name, values in data.items()})
 
     def override(self, flat: dict[str, Any]) -> Config:
         """A new config with flat ``{field: value}`` overrides applied (flags over presets)."""
@@ -179,6 +167,21 @@ Config = dataclasses.make_dataclass("Config", [(name, cls, field(default_factory
 Config.__module__, Config.__doc__ = __name__, _ConfigBase.__doc__
 
 
+def check_keys(data: Any, origin: str) -> None:
+    """A config mapping's unknown sections and keys are errors naming ``origin`` (its file)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    for name, values in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section '{name}' (known: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section '{name}' must be a mapping")
+        known = {f.name for f in dataclasses.fields(SECTIONS[name])}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"{origin}: unknown key '{name}.{key}'")
+
+
 def partition_from_data(partition: str) -> bool:
     """True when the client count comes from the data (one client per file or field value),
     not from --num-clients."""
@@ -191,6 +194,7 @@ def field_sections() -> dict[str, str]:
 
 
 PRESET_DIR = "configs"
+BASE_KEY = "base"  # a config file's top-level key naming the preset (or file) it builds on
 
 
 def preset_names() -> list[str]:
@@ -198,26 +202,71 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
 
 
-def load_config(spec: str | None) -> Config:
-    """Load a preset by name (``cpu-demo``, ``paper``...) or a YAML file path; None = defaults."""
+def is_preset(spec: str) -> bool:
+    return not Path(spec).suffix and spec in preset_names()
+
+
+def preset_text(name: str) -> str:
+    """A preset's YAML as shipped, comments included."""
+    return resources.files("fedit").joinpath(PRESET_DIR, f"{name}.yaml").read_text()
+
+
+def load_config(spec: str | None, base: str | None = None) -> Config:
+    """Load a preset by name (``cpu-demo``, ``paper``...) or a YAML file path; None = defaults.
+    A file builds on the preset (or file) its ``base:`` names, else on ``base`` (the preset of the
+    command that reads it); presets build on the fields' defaults (see :func:`config_layers`)."""
     if spec is None:
         return Config()
-    data, origin = _read_config(spec)
-    return Config.from_dict(data, origin)
+    layers = config_layers(spec, base)
+    merged: dict[str, dict[str, Any]] = {}
+    for data, origin in layers:
+        check_keys(data, origin)
+        for name, values in data.items():
+            merged.setdefault(name, {}).update(values)
+    try:
+        return Config.from_dict(merged, layers[-1][1])
+    except ConfigError as exc:  # a value the flag's check refuses: say which file(s) it came from
+        raise ConfigError(f"{' on '.join(origin for _, origin in reversed(layers))}: {exc}") from None
 
 
-def preset_fields(spec: str) -> set[str]:
-    """The field names a preset (or YAML file) sets itself; the others keep their defaults."""
-    data, _ = _read_config(spec)
-    return {key for values in data.values() if isinstance(values, dict) for key in values}
+def config_layers(spec: str, base: str | None = None) -> list[tuple[dict[str, Any], str]]:
+    """The YAML mappings a config is made of, the root first, each with its name for messages: a
+    preset on the fields' defaults, a file on its ``base:`` (a preset, or a file relative to the
+    file's folder), else on ``base``. A file need not repeat what its base says."""
+    layers: list[tuple[dict[str, Any], str]] = []
+    seen: list[str] = []
+    next_spec: str | None = spec
+    while next_spec is not None:
+        data, origin = _read_config(next_spec)
+        key = next_spec if is_preset(next_spec) else str(Path(next_spec).resolve())
+        if key in seen:
+            raise ConfigError(f"{origin}: {BASE_KEY}: builds on itself ({' -> '.join([*seen, key])})")
+        seen.append(key)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{origin}: expected a mapping of sections ({', '.join(SECTIONS)})")
+        own = (data := dict(data)).pop(BASE_KEY, None)
+        if own is not None and not (isinstance(own, str) and own.strip()):
+            raise ConfigError(f"{origin}: {BASE_KEY}: expected a preset name ({', '.join(preset_names())}) "
+                              f"or a YAML file, got {own!r}")
+        layers.insert(0, (data, origin))
+        if own is not None and not is_preset(own) and not is_preset(next_spec):
+            own = str(Path(next_spec).parent / Path(own).expanduser())
+        next_spec = own if own is not None or is_preset(next_spec) else base
+    return layers
+
+
+def field_origins(spec: str, base: str | None = None) -> dict[str, str]:
+    """{field: the preset or file that sets it} for the fields a config sets (others keep their
+    defaults); the last layer that sets a field wins."""
+    return {key: origin for data, origin in config_layers(spec, base)
+            for values in data.values() if isinstance(values, dict) for key in values}
 
 
 def _read_config(spec: str) -> tuple[Any, str]:
     """The parsed YAML of a preset or file, and its name for error messages."""
     path = Path(spec)
-    if not path.suffix and spec in preset_names():
-        text = resources.files("fedit").joinpath(PRESET_DIR, f"{spec}.yaml").read_text()
-        origin = f"preset {spec}"
+    if is_preset(spec):
+        text, origin = preset_text(spec), f"preset {spec}"
     elif path.is_file():
         text, origin = path.read_text(), str(path)
     else:

@@ -117,6 +117,27 @@ def test_adapter_export_names_the_hub_base_it_came_from(run_dir, tmp_path, capsy
     assert "base_model: org/tiny" in card and "vllm serve org/tiny --enable-lora" in card
 
 
+def test_export_follows_the_umask_and_its_card_names_no_machine_path(run_dir, tmp_path):
+    """Issue 19.5: mkdtemp made the folder 0700 and safetensors the weights 0600 under umask 022."""
+    from fedit.model import cache_dir
+
+    out = tmp_path / "shared" / "merged"
+    old = os.umask(0o022)
+    try:
+        assert main(["export", "--run", str(run_dir), "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert oct(out.stat().st_mode & 0o777) == "0o755"
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert modes["model.safetensors"] == "0o644" and set(modes.values()) == {"0o644"}
+    card = (out / "README.md").read_text()
+    for path in (str(run_dir.parent), str(cache_dir()), str(Path.home())):
+        assert path not in card
+    assert "\nbase_model:" not in card    # tiny-random has no hub id: the field is left out
+    assert ("Base model: tiny-random: a random 2-layer Llama with the SmolLM2 tokenizer, for tests "
+            "(a local model: not on the Hugging Face hub)") in card
+
+
 def fedit_process(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedit.cli", *args], input=stdin, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600)

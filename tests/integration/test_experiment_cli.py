@@ -131,6 +131,69 @@ def test_adapters_carry_tokenizer_and_card_and_results_their_provenance(experime
     assert prov["fedit"] and "torch" in prov["libraries"] and prov["model"]["name"] == "tiny-random"
 
 
+def test_every_system_is_its_own_tracker_run(experiment):
+    """Issue 19.7: --logger (here auto: TensorBoard) tracks every system, not only fedit: its figures as
+    system/*, the config and system as hparams, and a baseline's step losses (a local one's per client)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    results = json.loads((experiment / "results.json").read_text())
+    for name in ("base", "local-1", "local-2", "centralized", "fedit"):
+        acc = EventAccumulator(str(experiment / "systems" / name / "tensorboard" / "system"))
+        acc.Reload()
+        loss = [e.value for e in acc.Scalars("system/loss")]
+        assert loss == [pytest.approx(results["systems"][name]["overall"]["loss"], rel=1e-6)]
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+        assert start.hparams["system"].string_value == name and start.hparams["model"].string_value == "tiny-random"
+    client = results["local_clients"]["local-1"]
+    steps = EventAccumulator(str(experiment / "systems" / "local-1" / "tensorboard" / "steps"))
+    steps.Reload()
+    curve = json.loads((experiment / "systems" / "local-1" / "train.json").read_text())["loss_curve"]
+    assert [e.value for e in steps.Scalars(f"clients/{client}/loss")] == pytest.approx(curve)
+    assert [e.step for e in steps.Scalars("train/loss")] == list(range(1, len(curve) + 1)) and len(curve) == 6
+
+
+def test_judge_requests_and_replies_are_saved(experiment, judge_server):
+    """Issue 19.8: judge.jsonl holds every request the judge sent and the reply it got."""
+    lines = [json.loads(line) for line in (experiment / "judge.jsonl").read_text().splitlines()]
+    sent = [r["body"] for r in judge_server.requests][:len(lines)]
+    assert [line["messages"] for line in lines] == [body["messages"] for body in sent]
+    assert {line["reply"] for line in lines} == {"Scores: 7 4"}
+    assert len(lines) >= 4 * 2 * 2    # 4 systems x 2 questions x 2 orders (later tests of this module add theirs)
+
+
+def test_a_wrong_judge_model_stops_before_training(tmp_path, monkeypatch, capsys):
+    """Issue 19.8: the endpoint was first contacted after every system had trained."""
+    from fedit.experiment import runner
+
+    monkeypatch.setattr(runner, "build_workbench", lambda cfg: pytest.fail("trained before the judge was checked"))
+    out = tmp_path / "exp"
+    with ScriptedJudgeServer([], models=["gpt-4o"]) as server:
+        assert main(_args(out, "--judge-url", server.url, "--judge-model", "gpt-40")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"fedit experiment: error: --judge-model: gpt-40 is not a model of the judge endpoint {server.url}/models "
+        "(it serves gpt-4o)")
+    assert not out.exists()
+
+
+def test_a_bad_reference_file_stops_before_training(tmp_path, monkeypatch, capsys):
+    """A --judge-reference without an answer for a question was found only after every system had trained."""
+    from fedit.experiment import runner
+
+    monkeypatch.setattr(runner, "build_workbench", lambda cfg: pytest.fail("trained before the reference was read"))
+    questions, answers = _questions(tmp_path)
+    answers.write_text('{"question_id": 1, "text": "x"}\n')
+    out = tmp_path / "exp"
+    with ScriptedJudgeServer([], models=["m"]) as server:
+        assert main(_args(out, "--judge-url", server.url, "--judge-model", "m", "--judge-questions",
+                          str(questions), "--judge-reference", str(answers))) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"--judge-reference: {answers} has no answer for question_id 2")
+    assert not out.exists()
+
+
 def _copy(experiment: Path, tmp_path: Path) -> Path:
     out = tmp_path / "copy"
     shutil.copytree(experiment, out)
@@ -188,8 +251,10 @@ def test_fig3_every_system_against_reference_answers_with_the_vicuna_prompt(expe
 def test_reference_answers_must_match_the_questions(experiment, tmp_path, capsys):
     questions, answers = _questions(tmp_path)
     answers.write_text('{"question_id": 1, "text": "x"}\n')
-    assert main(_args(experiment, "--systems", "fedit", "--judge-url", "http://127.0.0.1:9/v1", "--judge-model",
-                      "m", "--judge-questions", str(questions), "--judge-reference", str(answers))) == 2
+    with ScriptedJudgeServer([]) as server:   # reachable (the endpoint is checked first), never asked to judge
+        assert main(_args(experiment, "--systems", "fedit", "--judge-url", server.url, "--judge-model",
+                          "m", "--judge-questions", str(questions), "--judge-reference", str(answers))) == 2
+    assert server.requests == []
     assert capsys.readouterr().err.strip().endswith(f"--judge-reference: {answers} has no answer for question_id 2")
     assert main(_args(experiment, "--judge-url", "http://x/v1", "--judge-model", "m", "--judge-reference",
                       str(answers))) == 2
@@ -244,6 +309,8 @@ def test_seeds_repeat_trained_systems_and_are_reused(tmp_path):
     assert [results["runs"]["fedit"][s]["overall"]["loss"] for s in ("42", "43")] != [fedit["mean"]] * 2
     md = (out / "report.md").read_text()
     assert "mean ± sd over 2 seeds" in md and "Seeds: 42, 43 (training seeds; one data split)." in md
+    assert "## Training loss of every system (mean ± sd over 2 seeds)" in md and (out / "training_loss.svg").is_file()
+    assert "## Global held-out loss per round (mean ± sd over 2 seeds)" in md   # issue 19.9: seed bands
     assert results["comparisons"]["local-1"]["loss"]["seeds"] == 2
     before = {p: p.stat().st_mtime_ns for p in out.glob("systems/**/result.json")}
     assert len(before) == 5

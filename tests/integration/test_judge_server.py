@@ -12,13 +12,6 @@ and stopped by its process group id.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,60 +19,11 @@ import pytest
 pytest.importorskip("fastapi", reason="needs transformers[serving]")
 pytest.importorskip("uvicorn", reason="needs transformers[serving]")
 
+from served import start_server as _start, stop_server as _stop  # tests/served.py
+
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-START_TIMEOUT_S = 120
-STARTS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (it was started in a session of its own), SIGKILL
-    if it is still there 15 s later."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-
-
-def _start(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    exe = Path(sys.executable).with_name("transformers")
-    if not exe.is_file():
-        pytest.skip("the `transformers` command is not installed beside this Python")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(log.parent / "hf")}
-    for _ in range(STARTS):
-        port = _free_port()
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([str(exe), "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
-                                     "--device", "cpu", "--log-level", "warning"], env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _healthy(url):
-                return proc, url + "/v1"
-            time.sleep(0.5)
-        _stop(proc)       # exited early (e.g. the port was taken meanwhile) or never became healthy
-    pytest.fail(f"transformers serve did not start in {STARTS} tries; log:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")

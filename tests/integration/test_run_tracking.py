@@ -90,3 +90,39 @@ def test_resume_with_a_per_step_schedule_is_bit_identical(cosine_run, fixtures_d
     resumed, whole = scalars(events(out, "steps"), "train/lr"), scalars(events(full, "steps"), "train/lr")
     assert [s for s, _ in resumed] == list(range(1, 13))
     assert resumed == whole
+
+
+def test_per_client_loss_and_config_hparams_in_tensorboard(cosine_run):
+    """Issue 19.7: each client's step losses on a curve of its own, the config as hparams."""
+    steps = events(cosine_run, "steps")
+    per_client = {tag: scalars(steps, tag) for tag in steps.Tags()["scalars"] if tag.startswith("clients/")}
+    assert sorted(per_client) == ["clients/0/loss", "clients/1/loss", "clients/2/loss"]
+    merged = sorted(p for points in per_client.values() for p in points)
+    assert merged == sorted(scalars(steps, "train/loss"))      # every step once, under the client that took it
+    content = events(cosine_run, "rounds").PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(content)
+    assert b"lr_schedule" in content["_hparams_/session_start_info"] and b"cosine" in content[
+        "_hparams_/session_start_info"]
+
+
+@pytest.mark.parametrize("command", ["run", "experiment"])
+def test_a_missing_logger_is_refused_before_data_model_or_folder(command, fixtures_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    """Issue 19.7: a missing mlflow was found only after the data and the model were loaded, and left
+    a half-made run folder."""
+    from fedit.runners import common, loggers, session
+    from fedit.experiment import runner
+
+    def no_model(cfg):
+        raise AssertionError("the model was loaded before the logger was checked")
+
+    monkeypatch.setattr(loggers, "installed", lambda name: name == "tensorboard")
+    for module in (common, session, runner):
+        monkeypatch.setattr(module, "build_workbench", no_model)
+    out = tmp_path / "out"
+    args = run_args(fixtures_dir, out, "--logger", "mlflow")
+    args[0] = command
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"fedit {command}: error: --logger mlflow: the package is not installed (pip install 'fedit[mlflow]')")
+    assert not out.exists()

@@ -176,6 +176,7 @@ def test_hub_offline_is_one_clear_line(monkeypatch):
         load_source("hub:org/qa")
     assert str(info.value) == ("hub:org/qa: cannot load org/qa (train) from the Hugging Face hub (Couldn't reach "
                                "'org/qa' on the Hub (LocalEntryNotFoundError)); download it elsewhere and pass its "
-                               ".json/.jsonl file or folder")
-    with pytest.raises(DataError, match=r"^hub:qa: expected hub:ORG/NAME or hub:ORG/NAME:SPLIT"):
+                               "data files or folder")
+    with pytest.raises(DataError, match=r"^hub:qa: expected hub:ORG/NAME or hub:ORG/NAME:SPLIT \(a Hugging Face "
+                                        r"dataset id\), or hub:FOLDER\[:SPLIT\] \(a local copy of one\)$"):
         load_source("hub:qa")

@@ -124,8 +124,10 @@ def test_path_errors(tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("hello")
-    assert error_of(other) == f"{other}: no .json or .jsonl files in folder"
-    assert error_of(other / "notes.txt").startswith(f"{other / 'notes.txt'}: expected a .json or .jsonl file")
+    assert error_of(other) == (f"{other}: no .json, .jsonl, .csv, .parquet or .arrow files in folder (nor a "
+                               "datasets save_to_disk folder)")
+    assert error_of(other / "notes.txt") == (f"{other / 'notes.txt'}: expected a .json, .jsonl, .csv, .parquet or "
+                                             ".arrow file, a folder of them or a datasets save_to_disk folder")
 
 
 def test_not_utf8(tmp_path: Path) -> None:

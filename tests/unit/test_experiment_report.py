@@ -159,3 +159,51 @@ def test_seeds_with_their_own_test_records_are_paired_by_seed():
     c = comparisons(results)["local-1"]["rouge_l"]
     assert c["seeds"] == 2 and c["estimate"] == pytest.approx(((0.1 - 0.2) + (0.3 - 0.5)) / 2)
     assert c["verdict"] == "FedIT better"
+
+
+# --- issue 19.9: a report that serves a paper ------------------------------------------------------
+
+def test_figures_also_as_svg_tables_as_csv_and_latex_and_a_hyperparameter_table(tmp_path):
+    md = _report(tmp_path, {"local-1": _system("local-1", [20.0, 22.0, 18.0, 20.0], [0.1] * 4),
+                            "fedit": _system("fedit", [19.0, 21.0, 17.0, 19.0], [0.2] * 4)})
+    pngs = sorted(p.stem for p in tmp_path.glob("*.png"))
+    assert pngs == ["categories", "loss_per_round", "per_category", "relative_scores"]
+    assert sorted(p.stem for p in tmp_path.glob("*.svg")) == pngs
+    assert all("<svg" in (tmp_path / f"{stem}.svg").read_text()[:2000] for stem in pngs)
+    assert (tmp_path / "tables" / "held_out_response_loss.csv").read_text() == (
+        "system,classification,open_qa,overall\nlocal-1,1.9000,2.1000,2.0000\nfedit,1.8000,2.0000,1.9000\n")
+    tex = (tmp_path / "tables" / "held_out_response_loss.tex").read_text()
+    assert "\\caption{Held-out response loss (lower is better)}\n\\label{tab:held_out_response_loss}\n" \
+           "\\begin{tabular}{lrrr}\n\\toprule\nsystem & classification & open\\_qa & overall \\\\\n\\midrule\n" \
+           "local-1 & 1.9000 & 2.1000 & 2.0000 \\\\\n" in tex
+    assert "## Hyperparameters (the resolved config and the experiment's settings)" in md
+    assert "| federation | rounds | 2 |" in md and "| model | model | tiny-random |" in md
+    assert (tmp_path / "tables" / "hyperparameters.csv").read_text().splitlines()[:2] == [
+        "section,setting,value", "model,model,tiny-random"]
+
+
+def test_write_table_as_markdown_csv_and_latex(tmp_path):
+    from fedit.experiment.table_files import write_table
+
+    paths = write_table(("Clients: loss (per client)", ["client", "loss_sum"], [["a&b_1", "1.0 ± 0.1 †"]]), tmp_path)
+    assert {k: p.name for k, p in paths.items()} == {"md": "clients.md", "csv": "clients.csv", "tex": "clients.tex"}
+    assert paths["md"].read_text() == ("## Clients: loss (per client)\n\n| client | loss_sum |\n|---|---|\n"
+                                       "| a&b_1 | 1.0 ± 0.1 † |\n")
+    assert paths["csv"].read_text() == "client,loss_sum\na&b_1,1.0 ± 0.1 †\n"
+    assert "client & loss\\_sum \\\\\n\\midrule\na\\&b\\_1 & 1.0 $\\pm$ 0.1 $^\\dagger$ \\\\\n\\bottomrule" in \
+        paths["tex"].read_text()
+
+
+def test_curves_of_several_seeds_are_drawn_as_a_band():
+    from fedit.experiment.plots import loss_rounds_figure, training_figure
+
+    fig = training_figure({"local-1": [[(1, 2.0), (2, 1.0)], [(1, 4.0), (2, 3.0)]], "fedit": [(4, 2.5)]})
+    ax = fig.axes[0]
+    assert list(ax.lines[0].get_ydata()) == [3.0, 2.0]                 # the mean over the seeds
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert (band.min(), band.max()) == pytest.approx((2.0 - 2 ** 0.5, 3.0 + 2 ** 0.5))   # ± sd (ddof 1)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["local-1 (mean ± sd, 2 seeds)", "fedit"] and len(ax.collections) == 1
+    rounds = loss_rounds_figure([[(0, 2.7), (1, 2.5)], [(0, 2.7), (1, 2.3)]], {"base": 2.74})
+    assert list(rounds.axes[0].lines[0].get_ydata()) == pytest.approx([2.7, 2.4])
+    assert len(rounds.axes[0].collections) == 1

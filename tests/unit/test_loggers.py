@@ -34,6 +34,9 @@ class Recorder:
     def scalars(self, axis, step, values):
         self.calls.append((axis, step, values))
 
+    def hparams(self, params, metrics, axis="round"):
+        self.calls.append(("hparams", params, tuple(metrics), axis))
+
     def flush(self):
         pass
 
@@ -45,15 +48,16 @@ def test_step_axis_counts_local_steps_and_client_records_stand_in_without_them()
     flower = RunLogger(backend := Recorder(), steps_done=4)   # resumed after 4 steps
     flower.record(CLIENT)
     assert backend.calls == [("step", 7, {"client/num_examples": 15.0, "client/train_loss": 1.25,
-                                          "client/steps": 3.0, "client/seconds": 2.0})]
+                                          "client/steps": 3.0, "client/seconds": 2.0, "clients/1/loss": 1.25})]
     sim = RunLogger(backend := Recorder())
-    sim.step(loss=2.0, lr=1e-3, input_tokens=100, seconds=0.5)
-    sim.step(loss=1.0, lr=5e-4, input_tokens=50, seconds=0.0)
+    sim.step(loss=2.0, lr=1e-3, input_tokens=100, seconds=0.5, client=3)
+    sim.step(loss=1.0, lr=5e-4, input_tokens=50, seconds=0.0, client=1)
     sim.record(CLIENT)                                          # its steps were logged one by one
     sim.record(ROUND)
     sim.close()
-    assert backend.calls[:2] == [("step", 1, {"train/loss": 2.0, "train/lr": 1e-3, "train/tokens_per_s": 200.0}),
-                                 ("step", 2, {"train/loss": 1.0, "train/lr": 5e-4})]
+    assert backend.calls[:2] == [("step", 1, {"train/loss": 2.0, "train/lr": 1e-3, "train/tokens_per_s": 200.0,
+                                              "clients/3/loss": 2.0}),
+                                 ("step", 2, {"train/loss": 1.0, "train/lr": 5e-4, "clients/1/loss": 1.0})]
     assert backend.calls[2][:2] == ("round", 2) and len(backend.calls) == 3 and backend.closed
 
 

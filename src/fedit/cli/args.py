@@ -9,10 +9,14 @@ import argparse
 import dataclasses
 import functools
 import logging
+import sys
 import typing
 from typing import Any, Callable, Sequence
 
-from fedit.config import SECTIONS, Config, flag, load_config, preset_fields
+import yaml
+
+from fedit.config import SECTIONS, Config, config_layers, field_origins, flag, load_config, preset_names
+from fedit.errors import ConfigError
 from fedit.schema import option_groups
 
 logger = logging.getLogger("fedit")
@@ -49,6 +53,41 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        self.given_args = list(sys.argv[1:] if args is None else args)   # for --help: which --config
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        """The help, with each config flag's default as it is under the --config given (if any)."""
+        preset = getattr(self, "config_preset", None)
+        if preset is not None:
+            try:
+                shown = shown_defaults(given_config(getattr(self, "given_args", [])) or preset, preset)
+            except ConfigError as exc:
+                self.exit(2, f"{self.prog}: error: {exc}\n")
+            for action in self._actions:
+                if hasattr(action, "field_help"):
+                    action.help = f"{action.field_help} (default: {shown.get(action.dest, action.field_default)})"
+        return super().format_help()
+
+
+def config_help(preset: str = DEFAULT_PRESET) -> str:
+    """The help of a command's --config."""
+    return (f"preset ({', '.join(preset_names())}; default {preset}) or a YAML file, which builds on the preset "
+            f"its 'base:' names (default {preset}; see fedit config); flags override it")
+
+
+def given_config(argv: Sequence[str]) -> str | None:
+    """The value of ``--config`` in a command line (``--config X`` or ``--config=X``), else None."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+    return None
+
 
 def _number_or_word(text: str) -> float | str:
     try:
@@ -70,14 +109,14 @@ def _field_type(hint: Any) -> Callable[[str], Any]:
     return base
 
 
-@functools.lru_cache(maxsize=8)
-def shown_defaults(preset: str | None) -> dict[str, str]:
-    """The default each run-config flag really has when a command starts from ``preset``:
-    the preset's value (and its name) where the preset sets the field, else the field's own."""
-    if preset is None:
+def shown_defaults(spec: str | None, base: str | None = None) -> dict[str, str]:
+    """The default each run-config flag really has when a command reads ``spec`` (a preset or a
+    file building on ``base``, the command's preset): the value and the preset or file that sets it,
+    or just the field's own value where none does."""
+    if spec is None:
         return {}
-    cfg, own = load_config(preset).flat(), preset_fields(preset)
-    return {name: f"{value}, from preset {preset}" if name in own else f"{value}"
+    cfg, origins = load_config(spec, base).flat(), field_origins(spec, base)
+    return {name: f"{value}, from {origins[name]}" if name in origins else f"{value}"
             for name, value in cfg.items()}
 
 
@@ -85,9 +124,10 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
                      sections: dict[str, type] | None = None, preset: str | None = DEFAULT_PRESET) -> None:
     """One flag per config field (all fields, or just ``names``): a group per section for the run's
     own fields and one per method for its options (a plugin's like a built-in's); ``sections``
-    defaults to the run config's (fedit.config.SECTIONS). ``--help`` shows the defaults of
-    ``preset``, the preset the command starts from without --config (None: the fields' own)."""
-    shown = shown_defaults(preset) if sections is None else {}
+    defaults to the run config's (fedit.config.SECTIONS). ``--help`` shows the defaults of the
+    --config given, else of ``preset``, the preset the command starts from (None: the fields' own)."""
+    if sections is None:
+        parser.config_preset = preset   # type: ignore[attr-defined]  # read by Parser.format_help
     for title, all_fields, cls in option_groups(SECTIONS if sections is None else sections):
         hints = typing.get_type_hints(cls)
         fields = [f for f in all_fields if names is None or f.name in names]
@@ -95,7 +135,7 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
             continue
         group = parser.add_argument_group(title)
         for f in fields:
-            help_text = f"{f.metadata['help']} (default: {shown.get(f.name, f.default)})"
+            help_text = f"{f.metadata['help']} (default: {f.default})"
             kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
             if hints[f.name] is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
@@ -105,7 +145,33 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
                 if f.metadata.get("choices"):
                     kwargs["choices"] = f.metadata["choices"]
                     kwargs.pop("metavar")
-            group.add_argument(flag(f.name), **kwargs)
+            action = group.add_argument(flag(f.name), **kwargs)
+            if sections is None:
+                action.field_help, action.field_default = f.metadata["help"], f.default  # type: ignore[attr-defined]
+    if sections is None and names is None:
+        parser.add_argument("--set", action="append", dest="set_values", metavar="SECTION.KEY=VALUE",
+                            help="set a key of the config file's layout (repeatable), e.g. --set train.lr=1e-4; "
+                                 "VALUE reads as KEY's flag reads it (--lr 1e-4); flags given by name win")
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``--set SECTION.KEY=VALUE`` items as flat {field: value}: VALUE converted as the field's flag
+    converts it (booleans read as YAML: true/false), no grammar of its own."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not (sep and dot):
+            raise ConfigError(f"--set: expected SECTION.KEY=VALUE, got {item!r}")
+        cls = SECTIONS.get(section)
+        if cls is None or name not in {f.name for f in dataclasses.fields(cls)}:
+            raise ConfigError(f"--set: unknown key '{key.strip()}' (the keys are a config file's, e.g. train.lr)")
+        hint = typing.get_type_hints(cls)[name]
+        try:
+            out[name] = yaml.safe_load(text) if hint is bool else _field_type(hint)(text)
+        except (ValueError, yaml.YAMLError):
+            raise ConfigError(f"--set {key.strip()}: cannot read {text!r} as {_field_type(hint).__name__}") from None
+    return out
 
 
 def section_from_args(cls: type, args: argparse.Namespace):
@@ -114,20 +180,44 @@ def section_from_args(cls: type, args: argparse.Namespace):
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
-    """Preset (``--config``) or ``base``, then every flag the user gave on top."""
-    cfg = base if base is not None else load_config(getattr(args, "config", None) or DEFAULT_PRESET)
-    owners = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in vars(args).items() if k in owners}
+def config_from_args(args: argparse.Namespace, base: Config | None = None, *, preset: str = DEFAULT_PRESET,
+                     samples: bool = True) -> Config:
+    """``base``, else ``--config`` (a preset, or a file building on its ``base:`` or on ``preset``, the
+    command's own), else ``preset``; then every flag the user gave on top. ``samples=False``: the
+    command samples no clients (fedit partition), so the run's per-round sampling, flags it does not
+    have, is set to every client (--fraction 1) rather than checked against its --num-clients."""
+    spec = getattr(args, "config", None) or preset
+    cfg = base if base is not None else load_config(spec, preset)
+    given = given_flags(args)
+    if not samples:
+        given["fraction"] = 1.0
     return cfg.override(given) if given else cfg
 
 
-def log_config(cfg: Config) -> None:
-    """The resolved config, once at the start: one short YAML line per section."""
-    import yaml
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config flags the user passed (flags default to 'not given')."""
+    owners = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    return {**parse_set(getattr(args, "set_values", None) or []),
+            **{k: v for k, v in vars(args).items() if k in owners}}
 
+
+def config_source(args: argparse.Namespace, preset: str = DEFAULT_PRESET, base: str | None = None) -> str:
+    """Where a command's config comes from, for the log: ``my.yaml on preset cpu-demo, flags --rounds``
+    (``base``: what replaces --config, e.g. a resumed run's config.yaml)."""
+    if base is not None:
+        layers = base
+    else:
+        spec = getattr(args, "config", None) or preset
+        layers = " on ".join(origin for _, origin in reversed(config_layers(spec, preset)))
+    given = given_flags(args)
+    return layers + (f", flags {' '.join(flag(k) for k in given)}" if given else "")
+
+
+def log_config(cfg: Config, source: str | None = None) -> None:
+    """The resolved config, once at the start: one short YAML line per section, after the presets,
+    files and flags it was made of (``source``, see :func:`config_source`)."""
     text = yaml.safe_dump(cfg.to_dict(), default_flow_style=None, sort_keys=False, width=96)
-    logger.info("resolved config:\n%s", text.rstrip())
+    logger.info("resolved config%s:\n%s", f" ({source})" if source else "", text.rstrip())
 
 
 def progress():

@@ -6,9 +6,8 @@ import argparse
 import json
 import logging
 
-from fedit.cli.args import add_config_flags, config_from_args, log_config, progress
+from fedit.cli.args import add_config_flags, config_from_args, config_help, config_source, log_config, progress
 from fedit.cli.audit import add_audit_flags, check_args, summary_lines
-from fedit.config import load_config, preset_names
 from fedit.experiment.settings import JUDGE_PROMPTS, ExperimentSettings, JudgeSettings
 
 # Every default below is read from the settings dataclasses: one default per setting.
@@ -36,8 +35,7 @@ def _names(text: str) -> list[str]:
 def add_parser(sub) -> None:
     p = sub.add_parser("experiment", help="compare base, local-only, centralized and FedIT; write a report",
                               description=DESCRIPTION)
-    p.add_argument("--config", help=f"preset ({', '.join(preset_names())}; default {DEFAULT_PRESET}) or a YAML "
-                                    "file; flags override it")
+    p.add_argument("--config", help=config_help(DEFAULT_PRESET))
     p.add_argument("--out", required=True, help="experiment directory (systems/, results.json, report.*)")
     g = p.add_argument_group("experiment options")
     g.add_argument("--local-baselines", type=int, default=_E.local_baselines, metavar="K",
@@ -92,6 +90,9 @@ def add_parser(sub) -> None:
                         "paper's Fig. 3) instead of against FedIT")
     j.add_argument("--judge-max-tokens", type=int, default=_J["max_tokens"],
                    help=f"the judge's reply length limit (default {_J['max_tokens']})")
+    j.add_argument("--judge-concurrency", type=int, default=_J["concurrency"], metavar="N",
+                   help="judge requests in flight at once (threads; the scores do not depend on it; default "
+                        f"{_J['concurrency']})")
     a = p.add_argument_group("privacy audit (fedit audit on the federated run; docs/privacy.md)")
     a.add_argument("--audit", action="store_true", help="audit the fedit system's run(s) and add a section to the "
                                                         "report (with --audit-canaries K: canaries too)")
@@ -112,7 +113,8 @@ def settings_from_args(args: argparse.Namespace):
                               questions=args.judge_questions, max_questions=args.judge_max_questions,
                               repeats=args.judge_repeats, temperature=args.judge_temperature,
                               retries=args.judge_retries, prompt=args.judge_prompt,
-                              reference=args.judge_reference, max_tokens=args.judge_max_tokens)
+                              reference=args.judge_reference, max_tokens=args.judge_max_tokens,
+                              concurrency=args.judge_concurrency)
     elif args.judge_reference:
         raise ConfigError("--judge-reference: needs the judge (--judge-url and --judge-model)")
     return ExperimentSettings(local_baselines=args.local_baselines, local_budget=args.local_budget,
@@ -122,14 +124,29 @@ def settings_from_args(args: argparse.Namespace):
                               bootstrap=args.bootstrap, confidence=args.confidence, judge=judge)
 
 
+def _check_judge_files(judge) -> None:
+    """--judge-questions and --judge-reference read (and refused in one line) before any training."""
+    from fedit.experiment.judging import load_questions, load_reference
+
+    if judge.questions != "dolly":
+        questions = load_questions(judge.questions)
+        if judge.reference:
+            load_reference(judge.reference, questions[:judge.max_questions] if judge.max_questions else questions)
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from fedit.experiment.runner import run_experiment
 
     settings = settings_from_args(args)
-    cfg = config_from_args(args, load_config(args.config or DEFAULT_PRESET))
-    log_config(cfg)
+    cfg = config_from_args(args, preset=DEFAULT_PRESET)
     if args.audit:
         check_args(args, canaries=False)
+    if settings.judge is not None:   # the endpoint and the model name, before hours of training
+        from fedit.experiment.judge_client import ChatClient
+
+        ChatClient(settings.judge).check()
+        _check_judge_files(settings.judge)
+    log_config(cfg, config_source(args, DEFAULT_PRESET))
     with progress() as bars:
         summary = run_experiment(cfg, settings, args.out, progress=bars)
     if args.audit:

@@ -15,14 +15,14 @@ import sys
 import typing
 from typing import Any, Sequence
 
-from fedit.cli import audit, deploy, experiment, export, methods, run, use
+from fedit.cli import audit, deploy, experiment, export, methods, presets, run, use
 from fedit.cli.args import EPILOG, Parser, shared_console
 from fedit.errors import FeditError
 
 logger = logging.getLogger("fedit")
 
 # In --help order: each module adds its subcommands.
-COMMAND_MODULES = (run, use, methods, experiment, deploy, export, audit)
+COMMAND_MODULES = (run, use, methods, experiment, deploy, export, presets, audit)
 
 
 class VersionAction(argparse.Action):
@@ -89,11 +89,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a flag argparse rejected (already printed)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return closed_stdout()
         return exc.code if isinstance(exc.code, int) else 2
+    except BrokenPipeError:  # `fedit run --help | head`
+        return closed_stdout()
     debug = args.debug or os.environ.get("FEDIT_DEBUG") == "1"
     setup_logging(args.quiet)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()   # a reader that went away (`fedit methods | head`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return closed_stdout()
     except FeditError as exc:
         if debug:
             raise
@@ -108,6 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; continue with: fedit run --out {args.out} --resume" if args.command == "run" else ""
         print(f"fedit {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def closed_stdout() -> int:
+    """The reader of stdout went away (``fedit methods | head``): end quietly, as a tool killed by
+    SIGPIPE does (exit 128 + 13), with stdout pointed at /dev/null so that the interpreter's last
+    flush cannot fail again and print an error."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from fedit.cli.args import EPILOG, add_config_flags, config_from_args, log_config, progress
-from fedit.config import preset_names
+from fedit.cli.args import (EPILOG, add_config_flags, config_from_args, config_help, config_source, log_config,
+                            progress)
 from fedit.errors import FeditError
 
 logger = logging.getLogger("fedit")
@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          "drop --resume to start one")
     base = saved if saved is not None and args.config is None else None
     cfg = config_from_args(args, base)
-    log_config(cfg)
+    log_config(cfg, config_source(args, base=None if base is None else str(Path(args.out) / "config.yaml")))
     start = time.perf_counter()
     with progress() as bars:
         result = run_simulation(cfg, args.out, resume=args.resume, progress=bars)
@@ -44,7 +44,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
     from fedit.data import write_partition
     from fedit.runners.common import load_clients
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, samples=False)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FeditError(f"--out: {out} exists and is not empty; choose another --out")
@@ -59,8 +59,7 @@ def add_parser(sub) -> None:
     run = sub.add_parser("run", help="run (or resume) a federated job in this process",
                          description="Federated LoRA instruction tuning, simulated in one process.",
                          epilog=EPILOG)
-    run.add_argument("--config", help=f"preset ({', '.join(preset_names())}; default cpu-demo) "
-                                      "or a YAML file; flags override it")
+    run.add_argument("--config", help=config_help())
     run.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, "
                                                   "checkpoints/, final/)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its "
@@ -70,7 +69,7 @@ def add_parser(sub) -> None:
 
     part = sub.add_parser("partition", help="split a dataset over clients and write the client files",
                           epilog=EPILOG)
-    part.add_argument("--config", help="preset or YAML file (default cpu-demo)")
+    part.add_argument("--config", help=config_help())
     part.add_argument("--out", required=True, help="folder for client_NNN.json, stats.json, categories.png")
     add_config_flags(part, ["data", "partition", "num_clients", "alpha", "min_client_size",
                             "shards_per_client", "max_client_records", "seed", "columns"])

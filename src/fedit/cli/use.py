@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from typing import Any
 
@@ -44,7 +45,19 @@ def _load(args: argparse.Namespace):
     source = resolve_source(given_flags(args), run=args.run, adapter=args.adapter)
     bench = load_source_model(source)
     torch.manual_seed(source.cfg.federation.seed)   # sampling (--temperature > 0) is repeatable
+    logging.getLogger("fedit.generate").info(precision_line(source.cfg.model.precision, bench.base.autocast_dtype))
     return source, bench
+
+
+def precision_line(spec: str, autocast_dtype: Any) -> str:
+    """The one line naming the precision ``fedit generate``/``chat`` compute in: bf16 autocast (as
+    training on a bf16-capable device) drifts from an exported float32 model after some tokens."""
+    if autocast_dtype is None:
+        return (f"generation precision: fp32 (--precision {spec}); greedy answers match the exported float32 "
+                "model token for token")
+    return (f"generation precision: bf16 autocast, base weights bf16 (--precision {spec}, as in training); "
+            "greedy answers can drift from the exported float32 model after some tokens: --precision fp32 "
+            "matches it")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

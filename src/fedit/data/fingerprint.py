@@ -54,7 +54,9 @@ def spec_fingerprint(spec: str) -> dict[str, Any]:
     files = resolve_data_path(spec)
     if files == HUB:
         return {"spec": spec, "hub": DOLLY_HUB_ID}
-    return {"spec": spec, "files": [file_entry(Path(p)) for p in files]}
+    # a save_to_disk folder is one source of several files (its .arrow shards, state.json...)
+    paths = [f for p in map(Path, files) for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
+    return {"spec": spec, "files": [file_entry(f) for f in paths]}
 
 
 def data_fingerprint(cfg: Config, fields: tuple[str, ...] = DATA_FIELDS) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Load instruction-tuning records from JSON / JSONL files, folders, the ``dolly`` alias, or a
-Hugging Face dataset (``hub:ORG/NAME[:split]``).
+"""Load instruction-tuning records from JSON / JSONL files (fedit's own reader), CSV / Parquet /
+Arrow files and ``save_to_disk`` folders (through ``datasets``, fedit.data.tabular), folders of
+such files, the ``dolly`` alias, or a Hugging Face dataset (``hub:ORG/NAME[:split]``).
 
 Records come in Dolly form (``instruction``, ``context``, ``response``, ``category``), Alpaca
 form (``instruction``, ``input``, ``output``, optional ``category``) or chat form (``messages``
@@ -24,6 +25,7 @@ import numpy as np
 
 from fedit.config import parse_columns
 from fedit.data.records import Example, LoadReport, natural_sort_key, parse_record, remap_columns, type_name
+from fedit.data.tabular import BUILDERS, is_saved_dataset, load_hub_rows, read_table
 from fedit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,8 @@ DOLLY_TEST_SEED = 42
 HUB: Literal["hub"] = "hub"
 _ALIASES = {"dolly": "train", "dolly:train": "train", "dolly:test": "test"}
 _DOLLY_PATTERNS = {"train": "local_training_*.json", "test": "global_test.json"}
-_SUFFIXES = (".json", ".jsonl")
+_SUFFIXES = (".json", ".jsonl", *BUILDERS)
+FORMATS = ".json, .jsonl, .csv, .parquet or .arrow"
 HUB_PREFIX = "hub:"   # --data hub:ORG/NAME[:split]
 def _read_text(path: Path) -> str:
     try:
@@ -51,7 +54,11 @@ def _too_deep(path: Path) -> DataError:
 
 
 def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield ``(where, raw record)`` for each record of a .json array or a .jsonl file."""
+    """Yield ``(where, raw record)`` for each record of a .json array or a .jsonl file, or of a
+    table (fedit.data.tabular: .csv, .parquet, .arrow, a ``save_to_disk`` folder)."""
+    if path.is_dir() or path.suffix.lower() in BUILDERS:
+        yield from read_table(path)
+        return
     text = _read_text(path)
     if path.suffix.lower() == ".jsonl":
         number = 0
@@ -81,21 +88,24 @@ def _read_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _files_at(path: Path) -> list[Path]:
-    """The data files a path names: the file itself, or the .json/.jsonl files directly in a folder."""
+    """The data sources a path names: the file itself, a ``save_to_disk`` folder, or the data files
+    directly in a folder (each one source: one client of ``--partition files``)."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    if is_saved_dataset(path):
+        return [path]
     if path.is_dir():
         entries = list(path.iterdir())
         if not entries:
             raise DataError(f"{path}: folder is empty")
         files = [p for p in entries if p.is_file() and p.suffix.lower() in _SUFFIXES and not p.name.startswith(".")]
         if not files:
-            raise DataError(f"{path}: no .json or .jsonl files in folder")
+            raise DataError(f"{path}: no {FORMATS} files in folder (nor a datasets save_to_disk folder)")
         return sorted(files, key=lambda p: natural_sort_key(p.name))
     if not path.is_file():  # reading a FIFO would block forever, a device never ends
         raise DataError(f"{path}: not a regular file (a pipe, device or socket cannot be --data)")
     if path.suffix.lower() not in _SUFFIXES:
-        raise DataError(f"{path}: expected a .json or .jsonl file, or a folder of them")
+        raise DataError(f"{path}: expected a {FORMATS} file, a folder of them or a datasets save_to_disk folder")
     return [path]
 
 
@@ -211,10 +221,13 @@ def load_source(spec: str, *, dedupe: bool = True, columns: str | None = None) -
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str]:
-    """``hub:ORG/NAME[:split]`` -> (dataset id, split; ``train`` when not given)."""
+    """``hub:ORG/NAME[:split]`` (or ``hub:FOLDER[:split]``, a local copy of a hub repository) ->
+    (dataset id or folder, split; ``train`` when not given)."""
     name, sep, split = spec[len(HUB_PREFIX):].strip().partition(":")
-    if not re.fullmatch(r"[\w\-.]+/[\w\-.]+", name) or (sep and not split):
-        raise DataError(f"{spec}: expected hub:ORG/NAME or hub:ORG/NAME:SPLIT (a Hugging Face dataset id)")
+    local = bool(name) and Path(name).expanduser().exists()
+    if not (local or re.fullmatch(r"[\w\-.]+/[\w\-.]+", name)) or (sep and not split):
+        raise DataError(f"{spec}: expected hub:ORG/NAME or hub:ORG/NAME:SPLIT (a Hugging Face dataset id), "
+                        "or hub:FOLDER[:SPLIT] (a local copy of one)")
     return name, split or "train"
 
 
@@ -222,16 +235,12 @@ def load_hub_dataset(spec: str, *, dedupe: bool = True, columns: str | None = No
     """A Hugging Face dataset split through ``datasets`` (optional extra ``fedit[data]``); its
     rows are validated as records of any form, named ``hf://datasets/ORG/NAME[split]: record N``."""
     name, split = parse_hub_spec(spec)
-    try:
-        import datasets  # optional extra `fedit[data]`; imported here so fedit works without it
-
-        rows = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # offline, missing package, unknown dataset or split
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise DataError(f"{spec}: cannot load {name} ({split}) from the Hugging Face hub ({reason}); "
-                        "download it elsewhere and pass its .json/.jsonl file or folder") from None
+    local = Path(name).expanduser()
+    if local.is_file() or is_saved_dataset(local):  # hub:FILE is the file itself, as --data FILE
+        return _load_files(_files_at(local), spec, dedupe=dedupe, columns=columns)
+    rows = load_hub_rows(name, split, spec)
     mapping = parse_columns(columns)
-    where = f"hf://datasets/{name}[{split}]"
+    where = f"{name}[{split}]" if Path(name).expanduser().exists() else f"hf://datasets/{name}[{split}]"
     examples = (parse_record(remap_columns(row, mapping, at), at, source=name)
                 for i, row in enumerate(rows) for at in [f"{where}: record {i + 1} (index {i})"])
     return _filter(examples, [where], spec, dedupe=dedupe)

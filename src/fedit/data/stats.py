@@ -61,7 +61,9 @@ def plot_partition(stats: dict[str, Any], path: str | os.PathLike[str]) -> None:
         ax.legend(title="category", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
                   title_fontsize=9, frameon=False, ncols=1 if len(categories) <= 20 else 2)
     target = Path(path)
-    atomic_write(target, lambda handle: fig.savefig(handle, format="png", dpi=120))
+    kind = "svg" if target.suffix.lower() == ".svg" else "png"   # a vector copy for papers
+    atomic_write(target, lambda handle: fig.savefig(handle, format=kind, dpi=120, metadata={"Date": None} if
+                                                    kind == "svg" else None))
 
 
 def _palette(n: int) -> list[Any]:

@@ -12,17 +12,25 @@ with the server's message); an unparsable reply is asked again ``retries`` times
 never scored. A question without any valid verdict is left out of both totals (and counted). A
 judge whose requests keep failing after their retries stops after ``MAX_FAILURES_IN_A_ROW``
 verdicts in a row instead of spending hours on a dead endpoint.
+
+``--judge-concurrency N`` sends up to N requests at once (threads sharing the openai client); the
+totals do not depend on N, as every verdict is collected in question order. :meth:`Judge.record_to`
+saves every request and reply (``judge.jsonl``, :mod:`fedit.experiment.judge_log`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from fedit.experiment.judge_client import ChatClient, JudgeError, TransportFailure
+from fedit.experiment.judge_log import JudgeLog
 from fedit.experiment.prompts import PROMPTS, Unparsable, parse_fedit
 from fedit.experiment.settings import JudgeSettings
 
@@ -67,6 +75,13 @@ class Judge:
         self.prompt = PROMPTS[settings.prompt]
         self.complete = complete or ChatClient(settings, sleep=sleep).complete
         self.failures_in_a_row = 0
+        self.lock = threading.Lock()
+
+    def record_to(self, path: Path) -> JudgeLog:
+        """Save every request and reply to ``path`` and answer from it what it already holds."""
+        if not isinstance(self.complete, JudgeLog):
+            self.complete = JudgeLog(path, self.complete, self.settings)
+        return self.complete
 
     def verdict(self, question: str, first: str, second: str, category: str = ""
                 ) -> tuple[tuple[float, float] | None, str | None]:
@@ -76,13 +91,16 @@ class Judge:
             try:
                 reply = self.complete(messages)
             except TransportFailure as exc:
-                self.failures_in_a_row += 1
-                if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                    raise JudgeError(f"--judge-url: {self.failures_in_a_row} verdicts in a row failed after "
+                with self.lock:
+                    self.failures_in_a_row += 1
+                    failed = self.failures_in_a_row
+                if failed >= MAX_FAILURES_IN_A_ROW:
+                    raise JudgeError(f"--judge-url: {failed} verdicts in a row failed after "
                                      f"{self.settings.retries} retries each (last: {exc}); the judge stops") from None
                 logger.warning("judge: a verdict failed after %d retries: %s", self.settings.retries, exc)
                 return None, "network"
-            self.failures_in_a_row = 0
+            with self.lock:
+                self.failures_in_a_row = 0
             try:
                 return self.prompt.parse(reply), None
             except Unparsable as exc:
@@ -95,16 +113,15 @@ class Judge:
         """Judge system ``a`` against ``b`` on every question (both orders, ``repeats`` times each)."""
         out = PairOutcome(a, b)
         cats = categories or [""] * len(questions)
-        for qi, (q, xa, xb, cat) in enumerate(zip(questions, answers_a, answers_b, cats, strict=True)):
+        rows = list(zip(questions, answers_a, answers_b, cats, strict=True))
+        for qi, verdicts in enumerate(self._verdicts(rows)):
             sa, sb = [], []
-            for _ in range(self.settings.repeats):
-                for a_first in (True, False):
-                    scores, kind = self.verdict(q, xa, xb, cat) if a_first else self.verdict(q, xb, xa, cat)
-                    if scores is None:
-                        out.failures[kind] += 1
-                        continue
-                    sa.append(scores[0] if a_first else scores[1])
-                    sb.append(scores[1] if a_first else scores[0])
+            for a_first, (scores, kind) in verdicts:
+                if scores is None:
+                    out.failures[kind] += 1
+                    continue
+                sa.append(scores[0] if a_first else scores[1])
+                sb.append(scores[1] if a_first else scores[0])
             out.questions += 1
             out.verdicts += len(sa)
             if sa:
@@ -120,3 +137,24 @@ class Judge:
             logger.warning("judge %s vs %s: %d verdicts failed (%s), %d questions unscored", a, b,
                            sum(out.failures.values()), dict(out.failures), out.unscored_questions)
         return out
+
+    def _verdicts(self, rows: list[tuple[str, str, str, str]]) -> Iterator[list[tuple[bool, tuple]]]:
+        """Per question, in order: [(a_first, verdict)] for ``repeats`` x both orders; with
+        ``concurrency`` > 1 every request is submitted at once to that many threads."""
+        def one(row: tuple[str, str, str, str], a_first: bool) -> tuple[bool, tuple]:
+            q, xa, xb, cat = row
+            return a_first, (self.verdict(q, xa, xb, cat) if a_first else self.verdict(q, xb, xa, cat))
+
+        orders = [a_first for _ in range(self.settings.repeats) for a_first in (True, False)]
+        if self.settings.concurrency <= 1:
+            for row in rows:
+                yield [one(row, a_first) for a_first in orders]
+            return
+        with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="judge") as pool:
+            futures = [[pool.submit(one, row, a_first) for a_first in orders] for row in rows]
+            try:
+                for question in futures:
+                    yield [f.result() for f in question]
+            finally:
+                for f in (f for question in futures for f in question):
+                    f.cancel()

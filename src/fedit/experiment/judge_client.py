@@ -11,6 +11,11 @@ What is retried and what is not (issue 7, item 17):
   with the server's own message on one line, naming the flag most likely to fix it.
 - A server that rejects ``max_tokens`` (OpenAI's newer models want ``max_completion_tokens``)
   is asked again at once with ``max_completion_tokens``, and keeps getting that from then on.
+- A reply that is not JSON (an HTML login or error page: ``--judge-url`` names a web page, not the
+  API's base URL) is a :class:`JudgeError` that says so, not an unparsable verdict.
+
+:meth:`ChatClient.check` asks the endpoint for its models (``GET /models``) before anything is
+trained: an unreachable endpoint, a refused key or a model it does not serve stops at once.
 
 The API key is read from ``--judge-key-env`` only (never from ``OPENAI_API_KEY`` behind the
 user's back: it would be sent to whatever ``--judge-url`` names); without one, no
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import time
 from typing import Any, Callable
 
@@ -96,6 +102,17 @@ def _rejects_max_tokens(exc: BaseException) -> bool:
         "max_tokens" in message and "max_completion_tokens" in message)
 
 
+def not_json(endpoint: str, text: str) -> JudgeError:
+    """The error for a reply that is text, not JSON: an HTML page (its title) or other text."""
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    html = text.lstrip().startswith("<")
+    what = "an HTML page" if html else "text that is not JSON"
+    shown = " ".join((title.group(1) if title else text).split())[:80]
+    return JudgeError(f"--judge-url: the judge endpoint {endpoint} answered with {what}, not JSON "
+                      f"({'title ' if title else ''}{shown!r}); --judge-url must be the API's base URL, "
+                      "e.g. https://api.openai.com/v1")
+
+
 def _flag_for(status: int, param: str | None, message: str) -> str:
     text = f"{param or ''} {message}".lower()
     if status in (401, 403):
@@ -166,7 +183,38 @@ class ChatClient:
                              f"{self.endpoint} answered HTTP {exc.status_code}: {message}") from None
         except openai.APIConnectionError as exc:
             raise TransportFailure(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+        if isinstance(response, str):   # the openai client hands back a body that is not JSON as text
+            raise not_json(self.endpoint, response)
         try:
             return response.choices[0].message.content or ""
         except (AttributeError, IndexError, TypeError):
             return ""
+
+    def check(self) -> None:
+        """Before training: the endpoint answers ``GET /models`` with JSON and serves the model.
+        An endpoint without a model list (404/405/501) is only known to be reachable (logged)."""
+        import openai
+
+        s, url = self.settings, self.endpoint.removesuffix("/chat/completions") + "/models"
+        try:
+            listed = self.client.get("/models", cast_to=object, options={"headers": self.headers})
+        except openai.APIStatusError as exc:
+            if exc.status_code in (404, 405, 501):
+                logger.info("judge: %s lists no models (HTTP %d); the model name is checked at the first "
+                            "verdict", url, exc.status_code)
+                return
+            message = server_message(exc)
+            raise JudgeError(f"{_flag_for(exc.status_code, None, message)}: the judge endpoint {url} answered "
+                             f"HTTP {exc.status_code}: {message}") from None
+        except openai.APIConnectionError as exc:
+            raise JudgeError(f"--judge-url: cannot reach the judge endpoint {url} "
+                             f"({' '.join(str(exc).split())[:200]})") from None
+        if isinstance(listed, str):
+            raise not_json(url, listed)
+        ids = [m.get("id") for m in (listed.get("data") or []) if isinstance(m, dict)] \
+            if isinstance(listed, dict) else []
+        if ids and s.model not in ids:
+            shown = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            raise JudgeError(f"--judge-model: {s.model} is not a model of the judge endpoint {url} (it serves "
+                             f"{shown})")
+        logger.info("judge: %s serves %s", url, s.model if ids else "an unlisted model list")

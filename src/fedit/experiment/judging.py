@@ -161,6 +161,7 @@ def judge_systems(exp: Experiment, results: dict[str, Any], judge: Judge | None 
     judge = judge or Judge(settings)
     pairs = {}
     (exp.out / "judge").mkdir(exist_ok=True)
+    log = judge.record_to(exp.out / "judge.jsonl")   # every request and reply; a rerun reuses them
     for name in names:
         other = _answers(exp, name, systems[name], questions, source)
         rec = settings.record()
@@ -177,6 +178,8 @@ def judge_systems(exp: Experiment, results: dict[str, Any], judge: Judge | None 
         pairs[name] = outcome
         logger.info("judge: %s vs %s relative score %s", name, ref_name,
                     "n/a" if outcome["relative"] is None else f"{outcome['relative']:.3f}")
+    if log.reused:
+        logger.info("judge: %d replies reused from %s", log.reused, log.path)
     return {"settings": settings.record(), "mode": "reference" if settings.reference else "pairwise",
             "reference": ref_name, "reference_label": ref_label, "questions": len(questions),
             "question_source": source, "pairs": pairs, "skipped": skipped}

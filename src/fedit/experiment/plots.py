@@ -1,4 +1,6 @@
-"""The report's figures as PNG files (bare matplotlib Figures on the Agg canvas, no pyplot state).
+"""The report's figures as PNG files with an SVG copy beside each (vector, for a paper), drawn as
+bare matplotlib Figures (Agg canvas, no pyplot state). A curve known for several seeds is drawn as
+its mean with a band of ± one standard deviation over the seeds.
 
 Relative scores are drawn as dots with their bootstrap intervals against a line at 1 (the
 reference), on an axis fitted to the values: bars from 0 would flatten every difference between
@@ -22,8 +24,27 @@ def color(name: str) -> str:
 
 
 def save(fig, path: Path) -> Path:
+    """``path`` (PNG) and the same figure as SVG beside it (no date inside: reruns give the same file)."""
     fig.savefig(path, format="png", dpi=110)
+    fig.savefig(path.with_suffix(".svg"), format="svg", metadata={"Date": None})
     return path
+
+
+def curve_band(ax, curves: list[list[tuple[int, float]]], color: str, label: str, **style) -> None:
+    """One curve as a line; several (one per seed) as their mean (over the points all of them have,
+    at the mean x) with a ± sd band."""
+    import numpy as np
+
+    curves = [c for c in curves if c]
+    if len(curves) == 1:
+        ax.plot([x for x, _ in curves[0]], [y for _, y in curves[0]], color=color, label=label, **style)
+        return
+    n = min(len(c) for c in curves)
+    xs = np.mean([[x for x, _ in c[:n]] for c in curves], axis=0)
+    ys = np.array([[y for _, y in c[:n]] for c in curves], dtype=float)
+    mean, sd = ys.mean(axis=0), ys.std(axis=0, ddof=1)
+    ax.plot(xs, mean, color=color, label=f"{label} (mean ± sd, {len(curves)} seeds)", **style)
+    ax.fill_between(xs, mean - sd, mean + sd, color=color, alpha=0.2, linewidth=0)
 
 
 def fedit_rounds(metrics_file: Path) -> list[tuple[int, float]]:
@@ -46,17 +67,17 @@ def _legend_right(ax) -> None:
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
 
 
-def loss_rounds_figure(rounds: list[tuple[int, float]], finals: dict[str, float]):
-    """FedIT's global held-out loss per round; every other system's final loss as a dashed line,
-    named in the legend."""
+def loss_rounds_figure(rounds: list[tuple[int, float]] | list[list[tuple[int, float]]], finals: dict[str, float]):
+    """FedIT's global held-out loss per round (one list per seed: a band); every other system's final
+    loss (its mean over seeds) as a dashed line, named in the legend."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(8.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    if rounds:
-        ax.plot([r for r, _ in rounds], [v for _, v in rounds], marker="o", color=color("fedit"),
-                label="fedit (global adapter)")
+    per_seed = rounds if rounds and isinstance(rounds[0], list) else [rounds]
+    if any(per_seed):
+        curve_band(ax, per_seed, color("fedit"), "fedit (global adapter)", marker="o")
     for name, value in finals.items():
         if name != "fedit":
             ax.axhline(value, linestyle="--", linewidth=1, color=color(name), alpha=0.9,
@@ -106,16 +127,17 @@ def relative_figure(scores: dict[str, tuple[float, float | None, float | None]],
     return fig
 
 
-def training_figure(curves: dict[str, list[tuple[int, float]]]):
+def training_figure(curves: dict[str, list[tuple[int, float]]] | dict[str, list[list[tuple[int, float]]]]):
     """Training loss of every system on one x-axis: optimizer steps (FedIT: summed over each
-    round's clients, the budget centralized is given; one point per round)."""
+    round's clients, the budget centralized is given; one point per round); a system with one curve
+    per seed as a band."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for name, points in curves.items():
         style = {"marker": "o", "linewidth": 2} if name == "fedit" else {"linewidth": 1, "alpha": 0.85}
-        ax.plot([s for s, _ in points], [v for _, v in points], color=color(name), label=name, **style)
+        curve_band(ax, points if points and isinstance(points[0], list) else [points], color(name), name, **style)
     ax.set_xlabel("optimizer steps (fedit: summed over each round's clients)")
     ax.set_ylabel("training loss (response tokens)")
     ax.set_title("Training loss of every system")

@@ -1,5 +1,6 @@
 """The experiment's report: results.json (machine-readable), report.md and a self-contained
-report.html (the same tables, PNG figures embedded as base64), built from one results dict."""
+report.html (the same tables, PNG figures embedded as base64), built from one results dict; every
+figure also as SVG beside its PNG, every table also as ``tables/NAME.{md,csv,tex}``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fedit.experiment.claims import aggregate, claims, comparisons
+from fedit.experiment.report_hparams import hyperparameter_table
 from fedit.experiment.report_tables import (Table, comparison_table, cost_table, figures, judge_intervals,
                                             metric_tables, provenance_table, relative_scores, summary_lines)
+from fedit.experiment.table_files import markdown, write_tables
 from fedit.fileio import atomic_write_text
 
 
@@ -20,7 +23,7 @@ def tables(results: dict[str, Any], agg: dict[str, Any]) -> list[Table]:
     out = metric_tables(results, agg)
     ratios, _ = relative_scores({k: v for k, v in results.items() if k != "judge"})
     for table in (comparison_table(results, results.get("comparisons", {}), ratios), _reference_table(results),
-                  cost_table(results), provenance_table(results)):
+                  cost_table(results), hyperparameter_table(results), provenance_table(results)):
         if table is not None:
             out.append(table)
     return out
@@ -65,10 +68,7 @@ def examples(results: dict[str, Any], test: Sequence[Any], n: int) -> list[dict[
     return out
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = [[c.replace("|", "\\|").replace("\n", " ") for c in r] for r in [header, *rows]]
-    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc[1:]])
+_md_table = markdown
 
 
 def write_markdown(results: dict[str, Any], agg: dict[str, Any], figs: dict[str, Path], out: Path) -> Path:
@@ -147,5 +147,7 @@ def write_report(results: dict[str, Any], out: Path, partition: dict[str, Any], 
                      for n, by_seed in results["runs"].items()}}
     atomic_write_text(out / "results.json", json.dumps(slim, indent=2, default=float) + "\n")
     figs = figures(results, agg, out, partition)
+    written = write_tables(tables(results, agg), out / "tables")
     return {"results": out / "results.json", "markdown": write_markdown(results, agg, figs, out),
-            "html": write_html(results, agg, figs, out), **{p.stem: p for p in figs.values()}}
+            "html": write_html(results, agg, figs, out), **{p.stem: p for p in figs.values()},
+            **{f"table {stem}": paths["csv"] for stem, paths in written.items()}}

@@ -180,22 +180,27 @@ def provenance_table(results: dict[str, Any]) -> Table | None:
 
 def figures(results: dict[str, Any], agg: dict[str, Any], out: Path, partition: dict[str, Any]) -> dict[str, Path]:
     figs: dict[str, Path] = {}
-    plot_partition(partition, out / "categories.png")
+    for suffix in (".png", ".svg"):
+        plot_partition(partition, out / f"categories{suffix}")
     figs["Records per category per client (paper Fig. 2)"] = out / "categories.png"
-    finals = {n: r["overall"]["loss"] for n, r in results["systems"].items() if "loss" in r["overall"]}
-    rounds = fedit_rounds(out / "systems" / "fedit" / "metrics.jsonl")
+    seeds = [str(s) for s in results.get("seeds") or []]
+    several = f"mean ± sd over {len(seeds)} seeds" if len(seeds) > 1 else "first seed"
+    finals = {n: a["overall"]["loss"]["mean"] for n, a in agg.items() if a["overall"].get("loss", {}).get("n")}
+    rounds = [r for i, s in enumerate(seeds or ["0"]) if (r := fedit_rounds(
+        out / "systems" / ("" if i == 0 else f"seed-{s}") / "fedit" / "metrics.jsonl"))]
     if rounds or finals:
-        figs["Global held-out loss per round (first seed)"] = save(loss_rounds_figure(rounds, finals),
+        figs[f"Global held-out loss per round ({several})"] = save(loss_rounds_figure(rounds, finals),
                                                                    out / "loss_per_round.png")
-    curves = {n: c for n, r in results["systems"].items() if (c := loss_curve(r))}
+    curves = {n: c for n, by_seed in results["runs"].items() if (c := [x for r in by_seed.values() if (x := loss_curve(r))])}
     if curves:
-        figs["Training loss of every system (first seed)"] = save(training_figure(curves), out / "training_loss.png")
+        figs[f"Training loss of every system ({several})"] = save(training_figure(curves), out / "training_loss.png")
     per_cat = {n: {c: v["loss"]["mean"] for c, v in a["per_category"].items() if "loss" in v} for n, a in agg.items()}
     if any(per_cat.values()):
         figs["Held-out loss per category"] = save(category_figure(per_cat, "held-out response loss"),
                                                   out / "per_category.png")
     scores, label = relative_scores(results)
-    (out / "relative_scores.png").unlink(missing_ok=True)     # never leave an earlier run's chart behind
+    for suffix in (".png", ".svg"):                           # never leave an earlier run's chart behind
+        (out / f"relative_scores{suffix}").unlink(missing_ok=True)
     if scores:
         ref = (results.get("judge") or {}).get("reference", FEDIT)
         title = "Relative score against the reference answers (paper Fig. 3)" if ref != FEDIT else \

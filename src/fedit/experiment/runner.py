@@ -8,7 +8,7 @@ Layout of ``--out``::
     systems/NAME/result.json        a finished system of the first seed: spec, training, evaluation
     systems/NAME/adapter/           its PEFT adapter (fedit: systems/fedit is a whole `fedit run` dir)
     systems/seed-N/NAME/            the same for the later seeds of --seeds
-    judge/                          cached judge verdicts, one file per pair
+    judge/, judge.jsonl             cached verdicts per pair; every judge request and reply
     results.json, report.md, report.html, *.png
 
 A rerun on the same ``--out`` reuses every system whose result.json matches its spec and the
@@ -35,13 +35,14 @@ from fedit.experiment.evaluate import GEN_BATCH, evaluate_system, generation_sub
 from fedit.experiment.seeds import SeedPlan, seed_config, seeded_initial_state, split_owners
 from fedit.experiment.settings import ExperimentSettings, check_same_config
 from fedit.experiment.systems import SystemSpec, budget_rule, choose_local_clients, plan_systems, spec_record
-from fedit.experiment.tracking import ExperimentProgress, units
+from fedit.experiment.tracking import ExperimentProgress, track_system, units
 from fedit.experiment.training import fedit_training, train_baseline
 from fedit.fileio import atomic_write_text, remove_stale_temporaries
 from fedit.model import AdapterState, model_origin
 from fedit.progress import Progress
 from fedit.provenance import provenance
 from fedit.runners.common import build_workbench, data_seed, ensure_dir, load_clients, load_test
+from fedit.runners.loggers import resolve_logger
 from fedit.runners.simulation import Simulation
 from fedit.server import check_methods
 
@@ -63,6 +64,7 @@ class Experiment:
         if self.cfg.data.test_data is None:
             raise ConfigError("--test-data: an experiment needs held-out data to compare systems on")
         check_methods(self.cfg)
+        resolve_logger(self.cfg.federation.logger)   # a --logger that is not installed: before anything is written
         self._claim_out_dir()
         self.bench = build_workbench(self.cfg)
         splits: dict[int, tuple] = {}
@@ -162,6 +164,7 @@ class Experiment:
                   "train": train, "seconds": now - start, "eval_seconds": now - eval_start, **result}
         atomic_write_text(self.system_dir(spec.name, plan) / RESULT,
                           json.dumps(result, indent=1, default=float) + "\n")
+        track_system(plan.cfg, self.system_dir(spec.name, plan), spec, plan.seed, result)
         o = result["overall"]
         logger.info("%s (seed %d): held-out loss %.4f, ppl %.2f, ROUGE-L %.4f (%.0f s)", spec.name, plan.seed,
                     o["loss"], o["perplexity"], o.get("rouge_l", float("nan")), result["seconds"])

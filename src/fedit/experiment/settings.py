@@ -36,6 +36,7 @@ class JudgeSettings:
     prompt: str = "fedit"             # fedit's one-line reviewer prompt, or FastChat's Vicuna reviewer prompts
     reference: str | None = None      # FastChat answer file: every system is judged against these answers
     max_tokens: int = 1024            # the judge's reply length limit (FastChat's reviewers used 1024)
+    concurrency: int = 1              # requests in flight at once (threads sharing the openai client)
     backoff_s: float = 1.0
     timeout_s: float = 120.0
 
@@ -51,6 +52,7 @@ class JudgeSettings:
         _require(self.prompt in JUDGE_PROMPTS, "--judge-prompt",
                  f"{self.prompt!r} is not one of {', '.join(JUDGE_PROMPTS)}")
         _require(self.max_tokens >= 1, "--judge-max-tokens", f"must be at least 1, got {self.max_tokens}")
+        _require(self.concurrency >= 1, "--judge-concurrency", f"must be at least 1, got {self.concurrency}")
         _require(self.reference is None or self.questions != "dolly", "--judge-reference",
                  "reference answers are matched by question_id: give --judge-questions FILE too "
                  "(e.g. eval_table_question.jsonl for answer_gpt35.jsonl)")

@@ -107,9 +107,9 @@ def train_baseline(bench: Workbench, plan: SeedPlan, spec: SystemSpec, folder: P
         update, _ = run_job(bench.trainer, job, examples, plan.cfg.train, seed=plan.seed, on_step=on_step)
     train = {"spec": spec_record(spec), "examples": len(examples), **update.metrics, "loss_curve": curve}
     cfg = plan.cfg
-    card = model_card(cfg.model.model, [f"System {spec.name} of a fedit experiment: {spec.describe()} "
-                                        f"(batch {cfg.train.batch_size}, lr {cfg.train.lr:g}, seed {plan.seed})"],
-                      model_origin(cfg.model.model, bench.base.path), adapter_dir)
+    card = model_card([f"System {spec.name} of a fedit experiment: {spec.describe()} "
+                       f"(batch {cfg.train.batch_size}, lr {cfg.train.lr:g}, seed {plan.seed})"],
+                      model_origin(cfg.model.model, bench.base.path), Path(*adapter_dir.parts[-3:]))
     save_adapter(bench.model, update.state, adapter_dir, bench.base.path, tokenizer=bench.tokenizer, card=card)
     atomic_write_text(stored, json.dumps(train, indent=1, default=float) + "\n")
     return update.state, train

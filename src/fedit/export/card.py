@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fedit.runners.source import ModelSource
 from fedit.fileio import atomic_write_text
+from fedit.model.origin import weights_note
 
 USE_MERGED = """\
 ```python
@@ -27,6 +28,7 @@ model = AutoPeftModelForCausalLM.from_pretrained("{where}")
 
 Serve it on its base model with vLLM: `vllm serve {base} --enable-lora --lora-modules fedit={where}`;
 convert it for llama.cpp with `python convert_lora_to_gguf.py {where} --base {base}`."""
+LOCAL_BASE = "BASE_MODEL_FOLDER"   # the card names no folder of the machine that trained
 
 
 def _training_lines(run: Path | None) -> list[str]:
@@ -39,26 +41,30 @@ def _training_lines(run: Path | None) -> list[str]:
     run_dir = RunDir(run)
     cfg = run_dir.saved_config()
     if cfg is None:
-        return [f"- Trained with fedit in {run} (its config.yaml is missing)."]
+        return [f"- Trained with fedit in a run named {run.name} (its config.yaml is missing)."]
     history = [r for r in run_dir.metrics.read() if r.get("type") == "round"]
     return [f"- {fact}" for fact in run_facts(cfg, history)]
 
 
-def card_text(source: ModelSource, base_path: str, hub_id: str | None, *, merged: bool, where: str = ".") -> str:
+def card_text(source: ModelSource, origin: dict, hub_id: str | None, *, merged: bool, where: str = ".") -> str:
+    """The card: ``base_model`` is the hub id where fedit knows one (else left out, and the text says
+    where the weights came from); no line names a path of the machine that trained."""
     from huggingface_hub import ModelCardData
 
     meta = ModelCardData(base_model=hub_id, library_name="transformers" if merged else "peft",
                          pipeline_tag="text-generation", base_model_relation="finetune" if merged else "adapter",
                          tags=["fedit", "federated-learning", "lora", *([] if merged else ["peft"])])
-    base = hub_id or base_path
+    if hub_id is None:
+        base_line = f"Base model: {weights_note(origin)} (a local model: not on the Hugging Face hub)"
+    else:
+        base_line = f"Base model: `{hub_id}`" + (f" ({weights_note(origin)})" if origin.get("quantization") else "")
     kind = "the LoRA adapter merged into its base model" if merged else "a LoRA adapter"
-    use = (USE_MERGED if merged else USE_ADAPTER).format(where=where, base=base)
-    body = [f"# {source.run.name if source.run else Path(str(source.adapter)).name}", "",
-            f"Federated instruction tuning (FedIT) with fedit: {kind}.", "",
-            f"Base model: `{base}`{'' if hub_id else ' (a local model: not on the Hugging Face hub)'}", "",
+    use = (USE_MERGED if merged else USE_ADAPTER).format(where=where, base=hub_id or LOCAL_BASE)
+    name = source.run.name if source.run else Path(str(source.adapter)).name
+    body = [f"# {name}", "", f"Federated instruction tuning (FedIT) with fedit: {kind}.", "", base_line, "",
             "## Training", "", *_training_lines(source.run), "", "## Use", "", use, ""]
     return f"---\n{meta.to_yaml()}\n---\n\n" + "\n".join(body)
 
 
-def write_card(folder: Path, source: ModelSource, base_path: str, hub_id: str | None, *, merged: bool) -> None:
-    atomic_write_text(folder / "README.md", card_text(source, base_path, hub_id, merged=merged))
+def write_card(folder: Path, source: ModelSource, origin: dict, hub_id: str | None, *, merged: bool) -> None:
+    atomic_write_text(folder / "README.md", card_text(source, origin, hub_id, merged=merged))

@@ -10,33 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from fedit.config import ExportConfig
 from fedit.errors import ConfigError
 from fedit.runners.source import ADAPTER_CONFIG, ModelSource
 from fedit.export.card import write_card
-from fedit.model import resolve_model
+from fedit.fileio import apply_umask, make_temp_dir
+from fedit.model import model_origin, resolve_model
+from fedit.model.origin import known_hub_id, loadable_hub_id
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors")
-_HUB_ID = re.compile(r"^[\w\-][\w.\-]*/[\w\-][\w.\-]*$")
-_HUB_CACHE = re.compile(r"models--(?P<org>[\w.\-]+?)--(?P<name>[\w.\-]+)/snapshots/[^/]+/?$")
-
-
-def hub_id_of(base: str) -> str | None:
-    """The hub id a base model came from: a hub id itself, or a folder of the Hugging Face cache
-    (``.../models--ORG--NAME/snapshots/REV``); None for a local model (e.g. fedit's converted GGUF)."""
-    match = _HUB_CACHE.search(base)
-    if match:
-        return f"{match['org']}/{match['name']}"
-    if _HUB_ID.match(base) and not Path(base).exists():
-        return base
-    return None
 
 
 def _check_out(out: Path) -> None:
@@ -52,14 +39,16 @@ def export_model(source: ModelSource, out: str | os.PathLike[str], settings: Exp
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     base_path = resolve_model(source.cfg.model.model)
-    hub_id = hub_id_of(base_path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    hub_id = loadable_hub_id(base_path)
+    origin = model_origin(source.cfg.model.model, base_path)
+    tmp = make_temp_dir(out)   # the umask's mode, not mkdtemp's 0700
     try:
         if settings.merge:
             _merged(source.adapter, base_path, tmp)
         else:
             _adapter_only(source.adapter, base_path, hub_id, tmp)
-        write_card(tmp, source, base_path, hub_id, merged=settings.merge)
+        write_card(tmp, source, origin, known_hub_id(source.cfg.model.model, base_path), merged=settings.merge)
+        apply_umask(tmp)           # safetensors creates its files 0600 whatever the umask says
         if out.exists():
             out.rmdir()   # empty (checked above)
         os.replace(tmp, out)

@@ -11,7 +11,11 @@ the library's own writer:
 - ``step`` axis (step = local optimizer steps of the run so far, all clients in turn): in the
   simulation ``train/loss``, ``train/lr`` and ``train/tokens_per_s`` (non-padding input tokens per
   second) of every step; a Flower server sees no steps, so there ``client/<field>`` of every client
-  record (``train_loss``, ``lr``, ``tokens``, ``seconds``...) at that client's last step.
+  record (``train_loss``, ``lr``, ``tokens``, ``seconds``...) at that client's last step. Either way
+  ``clients/<id>/loss`` is the loss of each client on its own curve (the step's loss; on Flower the
+  client's round loss).
+- hyperparameters: the resolved config (every field, by its flat name) once per run, as TensorBoard
+  hparams (with ``eval/loss`` and ``eval/perplexity`` as its metrics), MLflow params and W&B config.
 
 Backends: ``tensorboard`` (torch.utils.tensorboard, event files in RUN/tensorboard/{rounds,steps};
 a resumed run purges what the interrupted one logged after its last checkpoint), ``mlflow``
@@ -28,7 +32,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from fedit.config import Config, flag
 from fedit.errors import ConfigError
@@ -39,8 +43,13 @@ logger = logging.getLogger(__name__)
 ROUND, STEP = "round", "step"
 
 
+RUN_METRICS = ("eval/loss", "eval/perplexity")
+
+
 class Backend(Protocol):
     def scalars(self, axis: str, step: int, values: dict[str, float]) -> None: ...
+
+    def hparams(self, params: dict[str, Any], metrics: Sequence[str], axis: str = ROUND) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -49,6 +58,11 @@ class Backend(Protocol):
 
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def config_hparams(cfg: Config) -> dict[str, Any]:
+    """The resolved config as flat hyperparameters (numbers, strings and booleans; others as text)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.flat().items()}
 
 
 def round_scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -89,17 +103,28 @@ class RunLogger:
         elif kind == "client" and not self._per_step:   # the steps themselves are logged already
             reported = client_metrics(record)
             self.global_step += int(reported.get("steps") or 0)
-            values = {f"client/{k}": float(v) for k, v in {**record, **reported}.items()
-                      if _numeric(v) and k not in ("round", "client")}
+            merged = {**record, **reported}
+            values = {f"client/{k}": float(v) for k, v in merged.items() if _numeric(v) and k not in ("round", "client")}
+            if "client" in record and _numeric(merged.get("train_loss")):
+                values[f"clients/{record['client']}/loss"] = float(merged["train_loss"])
             self.backend.scalars(STEP, self.global_step, values)
 
-    def step(self, loss: float, lr: float, input_tokens: int, seconds: float) -> None:
+    def step(self, loss: float, lr: float, input_tokens: int, seconds: float, client: int | None = None) -> None:
         self._per_step = True
         self.global_step += 1
         values = {"train/loss": loss, "train/lr": lr}
         if seconds > 0:
             values["train/tokens_per_s"] = input_tokens / seconds
+        if client is not None:
+            values[f"clients/{client}/loss"] = loss
         self.backend.scalars(STEP, self.global_step, {k: float(v) for k, v in values.items() if _numeric(v)})
+
+    def hparams(self, params: dict[str, Any], metrics: Sequence[str] = RUN_METRICS, axis: str = ROUND) -> None:
+        self.backend.hparams(params, metrics, axis)
+
+    def scalars(self, axis: str, step: int, values: dict[str, float]) -> None:
+        self.backend.scalars(axis, step, {k: float(v) for k, v in values.items() if _numeric(v)})
+        self.backend.flush()
 
     def close(self) -> None:
         self.backend.close()
@@ -109,14 +134,34 @@ class TensorBoardBackend:
     """torch.utils.tensorboard's SummaryWriter, one per axis (so each can purge on resume)."""
 
     def __init__(self, root: Path, purge: dict[str, int]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        self.root, self.purge = root, purge
+        self.writers: dict[str, Any] = {}
+        for axis in (ROUND, STEP):
+            self._writer(axis)
 
-        self.writers = {axis: SummaryWriter(str(root / f"{axis}s"), purge_step=purge[axis], flush_secs=30)
-                        for axis in (ROUND, STEP)}
+    def _writer(self, axis: str):
+        """The axis's writer (``rounds``, ``steps``, or a folder named after another axis, which starts
+        afresh each time: its earlier events are purged)."""
+        if axis not in self.writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            folder = self.root / {ROUND: "rounds", STEP: "steps"}.get(axis, axis)
+            self.writers[axis] = SummaryWriter(str(folder), purge_step=self.purge.get(axis, 0), flush_secs=30)
+        return self.writers[axis]
 
     def scalars(self, axis: str, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
-            self.writers[axis].add_scalar(tag, value, step)
+            self._writer(axis).add_scalar(tag, value, step)
+
+    def hparams(self, params: dict[str, Any], metrics: Sequence[str], axis: str = ROUND) -> None:
+        """The HParams dashboard's records, in the axis's run (where its metrics are scalars). The
+        dashboard keeps the first record of a run: a run gets one."""
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = self._writer(axis).file_writer
+        for summary in hparams(params, {name: 0.0 for name in metrics}):
+            writer.add_summary(summary)
+        writer.flush()
 
     def flush(self) -> None:
         for writer in self.writers.values():
@@ -159,6 +204,15 @@ class MlflowBackend:
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
+    def hparams(self, params: dict[str, Any], metrics: Sequence[str], axis: str = ROUND) -> None:
+        """Params not logged yet (MLflow refuses to change one)."""
+        from mlflow.entities import Param
+
+        known = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in known]
+        if new:
+            self.client.log_batch(self.run_id, params=new)
+
     def flush(self) -> None:
         pass
 
@@ -188,6 +242,9 @@ class WandbBackend:
         if values:
             self.run.log({axis: step, **values})
 
+    def hparams(self, params: dict[str, Any], metrics: Sequence[str], axis: str = ROUND) -> None:
+        self.run.config.update(params, allow_val_change=True)
+
     def flush(self) -> None:
         pass
 
@@ -210,9 +267,11 @@ def resolve_logger(name: str) -> str:
     return name
 
 
-def open_logger(cfg: Config, run_dir: Path, history: list[dict[str, Any]]) -> RunLogger | None:
+def open_logger(cfg: Config, run_dir: Path, history: list[dict[str, Any]], *,
+                record_config: bool = True) -> RunLogger | None:
     """The run's logger (None for ``--logger none``), continuing after the records in ``history``
-    (what metrics.jsonl holds after a resume)."""
+    (what metrics.jsonl holds after a resume). A fresh run records the resolved config as its
+    hyperparameters (unless ``record_config`` is False: the caller records its own)."""
     name = resolve_logger(cfg.federation.logger)
     if name == "none":
         return None
@@ -226,4 +285,7 @@ def open_logger(cfg: Config, run_dir: Path, history: list[dict[str, Any]]) -> Ru
     else:
         backend = WandbBackend(run_dir, cfg)
     logger.info("logging metrics to %s (%s)", name, run_dir / name if name != "mlflow" else backend.uri)
-    return RunLogger(backend, steps)
+    run = RunLogger(backend, steps)
+    if record_config and not history:
+        run.hparams(config_hparams(cfg))
+    return run

@@ -154,10 +154,10 @@ class RunDir:
         if self.tracker is not None:
             self.tracker.record(record)
 
-    def log_step(self, loss: float, lr: float, input_tokens: int, seconds: float) -> None:
-        """One local optimizer step (the simulation's clients), for the tracker only."""
+    def log_step(self, loss: float, lr: float, input_tokens: int, seconds: float, client: int | None = None) -> None:
+        """One local optimizer step (of ``client``, in the simulation), for the tracker only."""
         if self.tracker is not None:
-            self.tracker.step(loss, lr, input_tokens, seconds)
+            self.tracker.step(loss, lr, input_tokens, seconds, client)
 
     def close(self) -> None:
         """Draw loss.png from metrics.jsonl and close the tracker (safe to call more than once;

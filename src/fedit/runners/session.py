@@ -32,6 +32,7 @@ from fedit.progress import Progress
 from fedit.provenance import provenance
 from fedit.runners.common import Workbench, build_workbench, load_test
 from fedit.runners.federation import EvaluateFn, Federation, Transport
+from fedit.runners.loggers import resolve_logger
 from fedit.runners.rundir import RunDir
 from fedit.runners.summary import run_card
 from fedit.server import Strategy, build_strategy, check_methods
@@ -93,6 +94,7 @@ class Session(ABC):
         before anything is written (except what only the clients that join late can tell)."""
         self.cfg = cfg = with_absolute_paths(self.cfg)   # config.yaml names the data wherever it runs
         check_methods(cfg)  # a combination of methods that makes no sense
+        resolve_logger(cfg.federation.logger)   # a --logger that is not installed: before data and model
         self.check(cfg)
         roster = self.early_clients(cfg)
         strategy = None if roster is None else self._admit(cfg, roster)

@@ -88,10 +88,10 @@ class InProcessClients:
             return dataclasses.replace(job, config={**job.config, **self.attack.job_config()})
         return job
 
-    def log_step(self) -> None:
+    def log_step(self, client_id: int) -> None:
         if self.run_dir is not None:
             info = self.bench.trainer.last_step
-            self.run_dir.log_step(info.loss, info.lr, info.input_tokens, info.seconds)
+            self.run_dir.log_step(info.loss, info.lr, info.input_tokens, info.seconds, client_id)
 
     def train_together(self, jobs: Sequence[ClientJob]) -> list[ClientUpdate]:
         """Several clients in shared passes over the resident base (fedit.client.multilora)."""
@@ -103,7 +103,7 @@ class InProcessClients:
         with self.progress.task(f"clients {ids} steps (together)", total) as bar:
             def on_step(client_id: int, step: int, total: int, loss: float) -> None:
                 bar.advance(loss=loss)
-                self.log_step()
+                self.log_step(client_id)
 
             results = run_jobs(self.bench.trainer, jobs, datas, self.cfg.train, seed=self.cfg.federation.seed,
                                client_states=self.client_states, on_step=on_step)
@@ -122,7 +122,7 @@ class InProcessClients:
         with self.progress.task(f"client {job.client_id} steps", total) as bar:
             def on_step(step: int, total: int, loss: float) -> None:
                 bar.advance(loss=loss)
-                self.log_step()
+                self.log_step(job.client_id)
 
             update, state = run_job(self.bench.trainer, job, data, self.cfg.train, seed=self.cfg.federation.seed,
                                     client_state=self.client_states.get(job.client_id), on_step=on_step)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fedit.config import Config
+from fedit.model.origin import known_hub_id, portable, weights_note
 
 LOAD_HINT = """\
 ```python
@@ -29,21 +30,23 @@ def held_out(history: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[st
     return (evaluated[0], evaluated[-1]) if len(evaluated) >= 2 else None
 
 
-def model_card(base_model: str, facts: Sequence[str], origin: dict[str, Any] | None = None,
-               path: str | Path = ".") -> str:
-    """A short model card: front matter for the hub's tools, the facts, how to load it."""
-    weights = ""
-    if origin and origin.get("quantization"):
-        weights = f" ({origin.get('quantization')} GGUF {origin.get('source')}, dequantized to float32)"
-    lines = ["---", f"base_model: {base_model}", "library_name: peft",
+def model_card(facts: Sequence[str], origin: dict[str, Any], path: str | Path = ".") -> str:
+    """A short model card: front matter for the hub's tools, the facts, how to load it. ``base_model``
+    is the hub id where fedit knows one (else left out); no line names a path of this machine."""
+    hub = known_hub_id(str(origin.get("name", "")), origin.get("path"))
+    if hub is None:
+        base = f"{weights_note(origin)} (a local model: not on the Hugging Face hub)"
+    else:
+        base = hub + (f" ({weights_note(origin)})" if origin.get("quantization") else "")
+    lines = ["---", *([f"base_model: {hub}"] if hub else []), "library_name: peft",
              "tags: [fedit, lora, federated-learning, instruction-tuning]", "---", "",
-             "# LoRA adapter made with fedit", "", f"- Base model: {base_model}{weights}"]
+             "# LoRA adapter made with fedit", "", f"- Base model: {base}"]
     lines += [f"- {fact}" for fact in facts]
     from fedit.provenance import provenance
 
     prov = provenance()
     lines += [f"- Made with fedit {prov.get('fedit')}" + (f" (git {prov['git']})" if prov.get("git") else ""),
-              "", "Load it with plain peft and transformers:", "", LOAD_HINT.format(path=path)]
+              "", "Load it with plain peft and transformers:", "", LOAD_HINT.format(path=portable(path))]
     return "\n".join(lines)
 
 
@@ -57,13 +60,13 @@ def run_facts(cfg: Config, history: Sequence[dict[str, Any]]) -> list[str]:
     facts = [f"Method: federated instruction tuning, {f.strategy}, {done} rounds of {per_round} x {local} "
              f"(batch {t.batch_size}, lr {t.lr:g}, seed {f.seed})",
              f"LoRA: r={lora.lora_r}, alpha={lora.lora_alpha}, dropout {lora.lora_dropout:g}, on {lora.lora_targets}",
-             f"Training data: {d.data} ({d.partition} partition, {clients}), prompts: {d.template} template, "
+             f"Training data: {portable(d.data)} ({d.partition} partition, {clients}), prompts: {d.template} template, "
              f"max length {d.max_len}"]
     facts += privacy_facts(history)
     pair = held_out(history)
     if pair is not None:
         first, last = (r["eval"]["overall"] for r in pair)
-        facts.append(f"Held-out loss on {d.test_data}: {_fmt(first.get('loss'))} before training (round "
+        facts.append(f"Held-out loss on {portable(d.test_data)}: {_fmt(first.get('loss'))} before training (round "
                      f"{pair[0]['round']}) -> {_fmt(last.get('loss'))} after round {pair[1]['round']} "
                      f"(perplexity {_fmt(last.get('perplexity'), '.2f')}, {last.get('examples')} examples)")
     else:
@@ -71,7 +74,7 @@ def run_facts(cfg: Config, history: Sequence[dict[str, Any]]) -> list[str]:
         if evaluated:
             last = evaluated[-1]["eval"]["overall"]
             facts.append(f"Held-out loss after round {evaluated[-1]['round']}: {_fmt(last.get('loss'))} "
-                         f"(perplexity {_fmt(last.get('perplexity'), '.2f')}) on {d.test_data}")
+                         f"(perplexity {_fmt(last.get('perplexity'), '.2f')}) on {portable(d.test_data)}")
     return facts
 
 
@@ -88,9 +91,9 @@ def privacy_facts(history: Sequence[dict[str, Any]]) -> list[str]:
             f"{_fmt(r.get('dp_noise_multiplier'), '.4g')}, clip {_fmt(r.get('dp_clip'), '.4g')}; {how}"]
 
 
-def run_card(cfg: Config, history: Sequence[dict[str, Any]], origin: dict[str, Any] | None,
-             final_dir: Path) -> str:
-    return model_card(cfg.model.model, run_facts(cfg, history), origin, final_dir)
+def run_card(cfg: Config, history: Sequence[dict[str, Any]], origin: dict[str, Any], final_dir: Path) -> str:
+    """The card of a run's ``final/``; it loads as ``RUN/final`` (the run folder's name, no machine path)."""
+    return model_card(run_facts(cfg, history), origin, Path(final_dir.parent.name) / final_dir.name)
 
 
 def _duration(seconds: float) -> str:

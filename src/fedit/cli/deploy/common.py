@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from fedit.cli.args import add_config_flags, section_from_args
+from fedit.cli.args import add_config_flags, config_help, section_from_args
 from fedit.config import EXTRA_SECTIONS, DeployConfig
 
 
@@ -20,7 +20,7 @@ def add_home(p: argparse.ArgumentParser) -> None:
 
 
 def add_server_flags(p: argparse.ArgumentParser, required_out: bool = True) -> None:
-    p.add_argument("--config", help="preset or YAML file (default cpu-demo); flags override it")
+    p.add_argument("--config", help=config_help())
     p.add_argument("--out", required=required_out, help="run directory, written by the ServerApp on the "
                                                         "SuperLink's machine")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from fedit.cli.args import add_config_flags, config_from_args, log_config
+from fedit.cli.args import add_config_flags, config_from_args, config_source, log_config
 from fedit.cli.deploy.common import add_server_flags, deploy_settings, echo, open_control_flag
 from fedit.errors import FeditError
 
@@ -35,7 +35,7 @@ def add_local(sub) -> None:
         from fedit.runners.summary import run_summary
 
         cfg = config_from_args(args)
-        log_config(cfg)
+        log_config(cfg, config_source(args))
         opts = LocalOptions(node_data=args.node_data, tls=args.tls, auth=args.auth, deploy=deploy_settings(args),
                             resume=args.resume, work_dir=args.work_dir,
                             open_control_api=args.insecure_open_control_api)
