@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from fedit.client.job import ClientJob, run_job
+from fedit.client.job import ClientJob, run_job, transform_update
 from fedit.config import Config
 from fedit.data.prompts import TokenizedExample
 from fedit.model import AdapterState
@@ -57,14 +57,19 @@ def round_config(strategy: Strategy, round_idx: int, state: AdapterState) -> tup
 
 
 def train_view(trainer: Any, cfg: Config, strategy: Strategy, state: AdapterState, round_idx: int, client: int,
-               data: Sequence[TokenizedExample], config: dict[str, Any]) -> tuple[AdapterState, int]:
-    """The adapter the server reads from ``client``'s reply (decoded), and its example count."""
+               data: Sequence[TokenizedExample], config: dict[str, Any]
+               ) -> tuple[AdapterState, AdapterState, int]:
+    """``client`` trained once: (the plain adapter, the adapter the server reads from its reply under
+    ``config``, decoded), and its example count. The privacy and codec keys change only the client's
+    transforms after training, so both come from one training."""
     base = base_strategy(strategy)
-    job = ClientJob(client, round_idx, base.client_state(client, state), {**config, **base.client_config(round_idx,
-                                                                                                          client)})
-    update, _ = run_job(trainer, job, data, cfg.train, seed=cfg.federation.seed)
-    update = strategy.receive(job, update)
-    return {**state, **update.state}, update.num_examples
+    layout = base.client_config(round_idx, client)
+    plain_job = ClientJob(client, round_idx, base.client_state(client, state),
+                          {**{k: v for k, v in config.items() if k not in PRIVACY_KEYS}, **layout})
+    job = ClientJob(client, round_idx, plain_job.state, {**config, **layout})
+    raw, _ = run_job(trainer, plain_job, data, cfg.train, seed=cfg.federation.seed)
+    seen = strategy.receive(job, transform_update(raw, job, {}))
+    return {**state, **raw.state}, {**state, **seen.state}, seen.num_examples
 
 
 def views(trainer: Any, cfg: Config, num_clients: int, state: AdapterState, round_idx: int, target: int,
@@ -72,17 +77,16 @@ def views(trainer: Any, cfg: Config, num_clients: int, state: AdapterState, roun
     """The plain view of ``target``'s update and, when the run's mechanisms change it, the seen one."""
     strategy = build_strategy(cfg, num_clients)
     config, cohort = round_config(strategy, round_idx, state)
-    plain_config = {k: v for k, v in config.items() if k not in PRIVACY_KEYS}
-    plain, _ = train_view(trainer, cfg, strategy, state, round_idx, target, data_of(target), plain_config)
+    plain, seen, _ = train_view(trainer, cfg, strategy, state, round_idx, target, data_of(target), config)
     out = [View("plain", plain, [target])]
     name = mechanism_name(cfg)
     if name == "plain":
         return out
     if not cfg.privacy.secure_aggregation:
-        seen, _ = train_view(trainer, cfg, strategy, state, round_idx, target, data_of(target), config)
         return out + [View(name, seen, [target])]
-    cohort = [target] + [c for c in cohort if c != target][:len(cohort) - 1]
-    trained = [train_view(trainer, cfg, strategy, state, round_idx, c, data_of(c), config) for c in cohort]
+    others = [c for c in cohort if c != target][:len(cohort) - 1]
+    trained = [(seen, len(data_of(target)))] + [
+        train_view(trainer, cfg, strategy, state, round_idx, c, data_of(c), config)[1:] for c in others]
     total = sum(n for _, n in trained)
     mean = {k: sum(s[k].float() * (n / total) for s, n in trained) for k in state}
-    return out + [View(name, mean, cohort)]
+    return out + [View(name, mean, [target] + others)]
