@@ -9,7 +9,7 @@ from fedit.errors import ConfigError
 
 DESCRIPTION = ("Measure what a finished run leaks, next to the accountant's epsilon: a membership-inference "
                "attack by an honest-but-curious server on one client's update (as the server sees it under the "
-               "run's DP, compression and secure aggregation: ROC AUC and TPR at 1%% FPR), and, for a run made "
+               "run's DP, compression and secure aggregation: ROC AUC and TPR at 1% FPR), and, for a run made "
                "with --audit-canaries, the canaries' exposure and an empirical epsilon lower bound "
                "(Clopper-Pearson) from a membership test on the final adapter. Writes RUN/audit.json. "
                "See docs/privacy.md.")
