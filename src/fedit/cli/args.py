@@ -89,9 +89,18 @@ def given_config(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _number_or_word(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _field_type(hint: Any) -> Callable[[str], Any]:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if args else hint
+    if float in args and str in args:  # a number or a word, e.g. --dp-clip 0.5 | auto
+        base = _number_or_word
     if type(None) in typing.get_args(hint):
         def optional(text: str) -> Any:
             return None if text.lower() == "none" else base(text)

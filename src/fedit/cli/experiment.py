@@ -7,6 +7,7 @@ import json
 import logging
 
 from fedit.cli.args import add_config_flags, config_from_args, config_help, config_source, log_config, progress
+from fedit.cli.audit import add_audit_flags, check_args, summary_lines
 from fedit.experiment.settings import JUDGE_PROMPTS, ExperimentSettings, JudgeSettings
 
 # Every default below is read from the settings dataclasses: one default per setting.
@@ -92,6 +93,10 @@ def add_parser(sub) -> None:
     j.add_argument("--judge-concurrency", type=int, default=_J["concurrency"], metavar="N",
                    help="judge requests in flight at once (threads; the scores do not depend on it; default "
                         f"{_J['concurrency']})")
+    a = p.add_argument_group("privacy audit (fedit audit on the federated run; docs/privacy.md)")
+    a.add_argument("--audit", action="store_true", help="audit the fedit system's run(s) and add a section to the "
+                                                        "report (with --audit-canaries K: canaries too)")
+    add_audit_flags(a)
     add_config_flags(p, preset=DEFAULT_PRESET)
     p.set_defaults(func=cmd_experiment)
 
@@ -134,6 +139,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     cfg = config_from_args(args, preset=DEFAULT_PRESET)
+    if args.audit:
+        check_args(args, canaries=False)
     if settings.judge is not None:   # the endpoint and the model name, before hours of training
         from fedit.experiment.judge_client import ChatClient
 
@@ -142,5 +149,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     log_config(cfg, config_source(args, DEFAULT_PRESET))
     with progress() as bars:
         summary = run_experiment(cfg, settings, args.out, progress=bars)
+    if args.audit:
+        from fedit.experiment.audit_report import audit_experiment
+
+        audits = audit_experiment(args.out, seed=args.audit_seed, records=args.audit_records,
+                                  references=args.audit_references, confidence=args.audit_confidence)
+        summary["audit"] = {run: summary_lines(a) for run, a in audits.items()}
     print(json.dumps(summary, indent=2, default=float))
     return 0

@@ -15,14 +15,14 @@ import sys
 import typing
 from typing import Any, Sequence
 
-from fedit.cli import deploy, experiment, export, methods, presets, run, use
+from fedit.cli import audit, deploy, experiment, export, methods, presets, run, use
 from fedit.cli.args import EPILOG, Parser, shared_console
 from fedit.errors import FeditError
 
 logger = logging.getLogger("fedit")
 
 # In --help order: each module adds its subcommands.
-COMMAND_MODULES = (run, use, methods, experiment, deploy, export, presets)
+COMMAND_MODULES = (run, use, methods, experiment, deploy, export, presets, audit)
 
 
 class VersionAction(argparse.Action):

@@ -10,7 +10,9 @@
                 -> cap the claimed example counts (fedit.server.trust) -> log a client record
                    per update (its delta's norm; the node's metrics namespaced under "metrics")
                 -> aggregate -> check the aggregate -> evaluate -> log -> checkpoint
-                (a round whose every update was dropped stops the run: nothing is aggregated)
+                (a round whose every update was dropped stops the run: nothing is aggregated;
+                a round that sampled nobody, under Poisson sampling, keeps the adapter, or with
+                DP-FedAvg releases the noise alone)
 
 A runner supplies only a :class:`Transport`: how jobs reach clients and replies come back
 (in-process calls, or Flower messages), as Flower's ``Strategy.start(grid, ...)`` leaves only
@@ -116,19 +118,19 @@ class Federation:
     def run_round(self, round_idx: int) -> dict[str, Any]:
         start = time.perf_counter()
         jobs = self.strategy.configure_train(round_idx, self.state)
-        replies = self.transport.train(jobs)
+        replies = self.transport.train(jobs) if jobs else []
         record: dict[str, Any] = {"type": "round", "round": round_idx, "clients": [j.client_id for j in jobs]}
         record.update(self._traffic(jobs, replies))
-        good, failures = self._accept(round_idx, jobs, replies)
-        valid = sum(len(member_ids(u)) for u in good)  # a pooled (secure) reply counts its members
-        if valid < self.min_updates:
-            raise FeditError(f"round {round_idx}: {valid} valid update(s), fewer than --min-nodes "
-                             f"{self.min_updates} ({'; '.join(failures)}); the run stops after round "
-                             f"{round_idx - 1}, resume it with --resume")
-        if not good:  # going on would present an untrained adapter as the result
-            raise FeditError(f"round {round_idx}: every update was dropped ({'; '.join(failures) or 'no client'}); "
-                             f"nothing of this round was saved, the run stops after round {round_idx - 1}")
-        state, metrics = self.strategy.aggregate_train(round_idx, self.state, good)
+        if jobs:
+            good, failures = self._accept(round_idx, jobs, replies)
+            self._check_enough(round_idx, good, failures)
+            state, metrics = self.strategy.aggregate_train(round_idx, self.state, good)
+        else:  # Poisson sampling drew nobody: DP-FedAvg still releases its noise, others keep the adapter
+            good, failures = [], []
+            logger.info("round %d: no client was sampled (--client-sampling poisson)", round_idx)
+            state, metrics = (self.strategy.aggregate_train(round_idx, self.state, [])
+                              if self.strategy.releases_empty_rounds else (self.state, {}))
+            record["no_client_sampled"] = True
         self._check_aggregate(round_idx, state)
         self.state = state
         record.update(metrics)
@@ -145,6 +147,16 @@ class Federation:
         self.history.append(record)
         logger.info(round_summary(record, self.rounds))
         return record
+
+    def _check_enough(self, round_idx: int, good: Sequence[ClientUpdate], failures: Sequence[str]) -> None:
+        valid = sum(len(member_ids(u)) for u in good)  # a pooled (secure) reply counts its members
+        if valid < self.min_updates:
+            raise FeditError(f"round {round_idx}: {valid} valid update(s), fewer than --min-nodes "
+                             f"{self.min_updates} ({'; '.join(failures)}); the run stops after round "
+                             f"{round_idx - 1}, resume it with --resume")
+        if not good:  # going on would present an untrained adapter as the result
+            raise FeditError(f"round {round_idx}: every update was dropped ({'; '.join(failures) or 'no client'}); "
+                             f"nothing of this round was saved, the run stops after round {round_idx - 1}")
 
     def _accept(self, round_idx: int, jobs: Sequence[ClientJob], replies: Sequence[Reply]
                 ) -> tuple[list[ClientUpdate], list[str]]:

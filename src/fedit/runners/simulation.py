@@ -29,6 +29,7 @@ from fedit.data import Example, write_partition_stats
 from fedit.data.prompts import TokenizedExample
 from fedit.fileio import atomic_write_text
 from fedit.model import AdapterState
+from fedit.privacy.canaries import insert_canaries
 from fedit.privacy.secagg_transport import SimulatedSecureAggregation
 from fedit.progress import Progress
 from fedit.data.client_test import split_record
@@ -161,6 +162,9 @@ class Simulation(Session):
             self.clients = attack.poison(self.clients)
             atomic_write_text(self.run_dir.path / "attack.json", json.dumps(attack.record(), indent=2) + "\n")
             logger.warning("simulated attack %s by clients %s", attack.attack, attack.attackers)
+        if cfg.privacy.audit_canaries:  # secret records for `fedit audit` (canaries.json)
+            self.clients = insert_canaries(self.clients, cfg.privacy.audit_canaries, cfg.privacy.audit_repeats,
+                                           cfg.federation.seed, self.run_dir.path)
         self.transport = InProcessClients(self.bench, self.clients, cfg, self.progress, self.run_dir, attack)
         if cfg.privacy.secure_aggregation:  # the round loop gets only the (quantised) sum, as from SecAgg+
             return SimulatedSecureAggregation(self.transport, cfg, [len(c) for c in self.clients])

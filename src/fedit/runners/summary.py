@@ -62,6 +62,7 @@ def run_facts(cfg: Config, history: Sequence[dict[str, Any]]) -> list[str]:
              f"LoRA: r={lora.lora_r}, alpha={lora.lora_alpha}, dropout {lora.lora_dropout:g}, on {lora.lora_targets}",
              f"Training data: {portable(d.data)} ({d.partition} partition, {clients}), prompts: {d.template} template, "
              f"max length {d.max_len}"]
+    facts += privacy_facts(history)
     pair = held_out(history)
     if pair is not None:
         first, last = (r["eval"]["overall"] for r in pair)
@@ -75,6 +76,19 @@ def run_facts(cfg: Config, history: Sequence[dict[str, Any]]) -> list[str]:
             facts.append(f"Held-out loss after round {evaluated[-1]['round']}: {_fmt(last.get('loss'))} "
                          f"(perplexity {_fmt(last.get('perplexity'), '.2f')}) on {portable(d.test_data)}")
     return facts
+
+
+def privacy_facts(history: Sequence[dict[str, Any]]) -> list[str]:
+    """Client-level DP as the last round recorded it: epsilon, delta, noise, clip and the accounting."""
+    dp = [r for r in history if "dp_epsilon" in r]
+    if not dp:
+        return []
+    r = dp[-1]
+    how = r.get("dp_accounting", "RDP accountant (dp-accounting), fixed-size sampling without replacement, "
+                                 "replace-one neighbours")
+    return [f"Client-level DP (DP-FedAvg, {r.get('dp_mode')} mode): epsilon {_fmt(r['dp_epsilon'], '.3g')} at delta "
+            f"{r['dp_delta']:g} after {r.get('dp_releases')} releases, noise multiplier "
+            f"{_fmt(r.get('dp_noise_multiplier'), '.4g')}, clip {_fmt(r.get('dp_clip'), '.4g')}; {how}"]
 
 
 def run_card(cfg: Config, history: Sequence[dict[str, Any]], origin: dict[str, Any], final_dir: Path) -> str:

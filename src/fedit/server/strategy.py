@@ -41,6 +41,9 @@ class Strategy(ABC):
     # The flag that makes a strategy read every client's own update (a robust aggregator, say):
     # refused with --secure-aggregation, which gives the server only their sum. None: sums will do.
     needs_each_update: ClassVar[str | None] = None
+    # aggregate_train(..., []) is meaningful for a round that sampled nobody (DP-FedAvg's noise):
+    # the round loop calls it then; otherwise such a round keeps the global adapter.
+    releases_empty_rounds: ClassVar[bool] = False
 
     def __init__(self, *, num_clients: int, clients_per_round: int, seed: int, lora_aggregation: str = "factors",
                  hetero_rule: str = "paper", client_lora: dict[int, ClientLora] | None = None) -> None:
@@ -189,6 +192,10 @@ class StrategyWrapper(Strategy):
     @property
     def needs_full_adapter(self) -> bool:  # type: ignore[override]
         return self.inner.needs_full_adapter
+
+    @property
+    def releases_empty_rounds(self) -> bool:  # type: ignore[override]
+        return self.inner.releases_empty_rounds
 
     def describe(self) -> str:
         return f"{self.name}({self.inner.describe()})"

@@ -11,12 +11,15 @@ from typing import Any
 from fedit.method_api import Capabilities, ClientKey, Lazy, Method, option, require
 
 DP_MODES = ("central", "local")
+DP_ACCOUNTANTS = ("rdp", "pld")
 
 
 @dataclass
 class Options:
-    dp_clip: float | None = option(None, "DP-FedAvg: clip each client's update (its change to the whole adapter) "
-                                   "to this L2 norm C; setting it turns client-level DP on", client=float)
+    dp_clip: float | str | None = option(None, "DP-FedAvg: clip each client's update (its change to the whole "
+                                         "adapter) to this L2 norm C, or auto (adaptive clipping towards "
+                                         "--dp-target-quantile of the norms); setting it turns client-level DP on",
+                                         client=float)
     dp_noise_multiplier: float | None = option(None, "DP-FedAvg: Gaussian noise std / C (z); the server adds "
                                                "N(0, (zC)^2) to the sum of clipped updates; None: calibrated "
                                                "from --dp-target-epsilon")
@@ -30,8 +33,28 @@ class Options:
                                        "reproducible experiments only (anyone who knows it can remove the noise); "
                                        "None: a secret seed from the OS, kept only in checkpoints/", client=int)
 
+    dp_accountant: str = option("rdp", "DP-FedAvg: the accountant of dp-accounting that gives epsilon: rdp (Renyi "
+                                "DP) or pld (privacy loss distributions, tighter; needs --client-sampling poisson "
+                                "in central mode)", DP_ACCOUNTANTS)
+    dp_target_quantile: float = option(0.5, "DP-FedAvg --dp-clip auto: the share of updates the clip should "
+                                       "leave unclipped (Andrew et al. 2021)")
+    dp_clip_initial: float = option(0.1, "DP-FedAvg --dp-clip auto: the clip of the first round")
+    dp_clip_lr: float = option(0.2, "DP-FedAvg --dp-clip auto: geometric learning rate of the clip")
+    dp_clip_count_noise: float | None = option(None, "DP-FedAvg --dp-clip auto: std of the noise on the count "
+                                               "of unclipped updates; None: clients per round / 20")
+
     def __post_init__(self) -> None:
-        require(self.dp_clip is None or self.dp_clip > 0, "dp_clip", f"must be positive, got {self.dp_clip}")
+        clip = self.dp_clip
+        if isinstance(clip, str):
+            require(clip == "auto", "dp_clip", f"must be a positive number or auto, got {clip!r}")
+        else:
+            require(clip is None or clip > 0, "dp_clip", f"must be positive, got {clip}")
+        q = self.dp_target_quantile
+        require(0 < q < 1, "dp_target_quantile", f"must be in (0, 1), got {q}")
+        require(self.dp_clip_initial > 0, "dp_clip_initial", f"must be positive, got {self.dp_clip_initial}")
+        require(self.dp_clip_lr > 0, "dp_clip_lr", f"must be positive, got {self.dp_clip_lr}")
+        noise = self.dp_clip_count_noise
+        require(noise is None or noise > 0, "dp_clip_count_noise", f"must be positive, got {noise}")
         z = self.dp_noise_multiplier
         require(z is None or z >= 0, "dp_noise_multiplier", f"must be >= 0, got {z}")
         require(0 < self.dp_delta < 1, "dp_delta", f"must be in (0, 1), got {self.dp_delta}")

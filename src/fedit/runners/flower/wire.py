@@ -63,6 +63,9 @@ def check_deployable(cfg: Config) -> None:
     if cfg.robustness.attack != "none":
         raise ConfigError(f"--attack {cfg.robustness.attack}: attacks are simulated by `fedit run` only; "
                           "a Flower deployment has no simulated attackers")
+    if cfg.privacy.audit_canaries:
+        raise ConfigError("--audit-canaries: canaries are inserted by `fedit run` only; a Flower node's data is "
+                          "its own")
 
 
 def run_config_values(cfg: Config, out: Path, *, resume: bool = False,
