@@ -119,6 +119,9 @@ def test_finetune_writes_every_clients_adapter_and_dual_doubles_the_rank(tmp_pat
     (("--personalization", "dual", "--strategy", "scaffold"),
      "--personalization dual does not combine with --strategy scaffold, which keeps per-client state on the same "
      "factors: drop one of them"),
+    (("--personalization", "fedsa", "--strategy", "scaffold"),   # the advice was "use another --lora-aggregation"
+     "--strategy scaffold needs every client to train the whole adapter, but --personalization fedsa trains only "
+     "part of it: drop --personalization fedsa"),
     (("--client-test-fraction", "1.5"), "--client-test-fraction: must be in (0, 1), got 1.5"),
     (("--client-test-fraction", "0.01"), "--client-test-fraction 0.01: client 0 has 15 record(s), too few to hold "
      "0.01 of them out and keep some to train on (it needs at least 51)"),

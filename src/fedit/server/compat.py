@@ -67,7 +67,7 @@ def check_methods(cfg: Any, layouts: Sequence[ClientLora] | None = None,
                           f"re-factors every round: use --strategy {fits} with it, or another --lora-aggregation")
     if pair := _both(items, "needs_full_adapter", "partial_adapter"):
         raise ConfigError(f"{pair[0]} needs every client to train the whole adapter, but {pair[1]} trains only "
-                          "part of it: use another --lora-aggregation")
+                          f"part of it: drop {pair[1]}")
     lora_r, targets_all = cfg.lora.lora_r, canonical_targets(cfg.lora.lora_targets)
     if layouts is None:
         ranks, targets = listed_layouts(cfg.lora.client_ranks, cfg.lora.client_targets)
