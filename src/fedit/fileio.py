@@ -128,3 +128,21 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
         logger.info("removed %d temporary file(s)/folder(s) left by an interrupted write in %s",
                     len(removed), folder)
     return removed
+
+
+def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move folder ``src`` to ``dst``; an existing ``dst`` is renamed aside first and removed only
+    after ``src`` is in place (put back if that move fails), so ``dst`` is never lost."""
+    src, dst = Path(src), Path(dst)
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = make_temp_dir(dst, "old")
+    os.replace(dst, old / dst.name)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        os.replace(old / dst.name, dst)   # the old folder back where it was
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)

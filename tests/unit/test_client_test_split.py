@@ -41,6 +41,14 @@ def test_a_client_too_small_to_hold_any_out_is_one_line():
         held_out_indices(records("abab"), 0.1, np.random.default_rng(0), 2)
 
 
+@pytest.mark.parametrize("fraction, needs", [(1e-07, 5000001), (0.9999999, 5000001), (0.99, 51)])
+def test_an_extreme_fraction_is_one_line_too(fraction, needs):
+    """The smallest client was searched up to 10**6 records: 1e-07 ended in a StopIteration traceback."""
+    with pytest.raises(ConfigError, match=rf"too few to hold {fraction:g} of them out and keep some to train on "
+                                          rf"\(it needs at least {needs}\)$"):
+        held_out_indices(records("abab"), fraction, np.random.default_rng(0), 0)
+
+
 @pytest.mark.parametrize("value", [0, 1, 1.5, -0.2])
 def test_fraction_outside_0_1_is_refused(value):
     with pytest.raises(ConfigError, match=rf"^--client-test-fraction: must be in \(0, 1\), got {value}"):

@@ -99,3 +99,26 @@ def test_cache_build_removes_the_temporaries_of_a_crashed_build(tmp_path):
     (crashed / "model.safetensors").write_bytes(b"half")
     resolve_mod._ensure_folder(models / "m", lambda d: (d / "config.json").write_text("{}"), "test")
     assert sorted(p.name for p in models.iterdir()) == ["m", "m.lock"]
+
+
+def test_personal_adapters_survive_a_failed_replacement(tmp_path, monkeypatch):
+    """write_adapters removed RUN/personal before moving the new folder in: a failure in between lost both."""
+    import fedit.fileio as fileio
+    from fedit.runners.personal import write_adapters
+
+    target = tmp_path / "personal"
+    target.mkdir()
+    (target / "personal.json").write_text("old")
+    real = os.replace
+
+    def failing(src, dst):
+        if Path(dst) == target and ".tmp-" in Path(src).name:   # the new folder moving in
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", failing)
+    monkeypatch.setattr(Path, "rename", lambda self, dst: failing(self, dst))
+    with pytest.raises(OSError, match="disk full"):
+        write_adapters(target, "fedsa", None, {})
+    assert (target / "personal.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["personal"]

@@ -45,8 +45,10 @@ def held_out_indices(records: Sequence[Example], fraction: float, rng: np.random
 
 
 def smallest_client(fraction: float) -> int:
-    """The fewest records a client needs to hold at least one out and keep one to train on."""
-    return next(n for n in range(2, 10**6) if 1 <= round(fraction * n) <= n - 1)
+    """The fewest records a client needs to hold at least one out and keep one to train on (searched
+    from about 0.5 / min(F, 1 - F), where rounding first gives one record to each side)."""
+    start = max(2, int(0.5 / min(fraction, 1.0 - fraction)) - 2)
+    return next(n for n in range(start, start + 100) if 1 <= round(fraction * n) <= n - 1)
 
 
 def split_clients(clients: Sequence[list[Example]], fraction: float | None, seed: int

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import shutil
 import warnings
 import weakref
@@ -25,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedit.errors import ConfigError, ModelError, UpdateError
-from fedit.fileio import apply_umask, make_temp_dir, remove_stale_temporaries
+from fedit.fileio import apply_umask, make_temp_dir, remove_stale_temporaries, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -196,22 +195,11 @@ def save_adapter(model: peft.PeftModel, state: Mapping[str, torch.Tensor], out_d
         if card is not None:
             (tmp / "README.md").write_text(card)
         apply_umask(tmp)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move folder ``src`` to ``dst``; an existing ``dst`` is renamed aside first, then removed."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = make_temp_dir(dst, "old")
-    os.replace(dst, old / dst.name)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_adapter_state(path: str | Path) -> AdapterState:

@@ -23,7 +23,7 @@ from fedit.client.job import ClientJob, run_job
 from fedit.client.personal import DUAL_LOCAL, FEDSA_B, initial_local, is_b
 from fedit.config import Config
 from fedit.data.prompts import TokenizedExample
-from fedit.fileio import apply_umask, atomic_write_text, make_temp_dir, remove_stale_temporaries
+from fedit.fileio import apply_umask, atomic_write_text, make_temp_dir, remove_stale_temporaries, replace_dir
 from fedit.model import AdapterState, adapter_config, get_adapter_state, write_adapter_files
 from fedit.model.dual import concat_config, concat_state
 
@@ -107,9 +107,7 @@ def write_adapters(target: Path, mode: str, lora_config: Any,
                            "finetune": "the final global adapter after --personal-steps local steps"}[mode]}
         atomic_write_text(tmp / INDEX, json.dumps(index, indent=2) + "\n")
         apply_umask(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        replace_dir(tmp, target)   # the old folder goes only once the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
