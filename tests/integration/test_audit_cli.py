@@ -63,3 +63,19 @@ def test_deploy_refuses_canaries_before_starting_anything(fixtures_dir, tmp_path
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "fedit deploy: error: --audit-canaries: canaries are inserted by `fedit run` only; a Flower node's data is "
         "its own")
+
+
+def test_audit_refuses_a_run_whose_clients_keep_part_of_the_model(fixtures_dir, tmp_path, capsys):
+    """Under fedsa the audit scored the trained A with the initial (zero) B: AUC exactly 0.5, 'no leakage'."""
+    out = tmp_path / "run"
+    assert main(["run", "--model", "tiny-random", "--precision", "fp32", "--data", str(fixtures_dir / "tiny"),
+                 "--test-data", str(fixtures_dir / "tiny_test.jsonl"), "--partition", "files",
+                 "--clients-per-round", "2", "--rounds", "1", "--local-steps", "1", "--batch-size", "4",
+                 "--micro-batch-size", "4", "--max-len", "64", "--personalization", "fedsa", "--logger", "none",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["audit", "--run", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"fedit audit: error: --run {out}: trained with --personalization fedsa, whose clients keep part of the "
+        "model; the audit scores the shared adapter alone and would measure nothing: not supported")
+    assert not (out / "audit.json").exists()

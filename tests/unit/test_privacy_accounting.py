@@ -113,6 +113,18 @@ def test_dp_denominator_under_poisson_is_the_expected_cohort_not_the_drawn_one()
     assert metrics["dp_denominator"] == 5
 
 
+def test_local_dp_under_poisson_averages_the_drawn_clients():
+    """Local mode divided by the expected cohort too: one client drawn of m = 5 moved the adapter by 1/5."""
+    strategy = DPFedAvg(poisson_fedavg(10, 5, seed=1), clip=10.0, noise_multiplier=0.0, mode="local", delta=1e-5,
+                        target_epsilon=None, noise_seed=3, rounds=5)
+    glob = {"a": torch.zeros(1)}
+    jobs = strategy.configure_train(1, glob)
+    assert len(jobs) != 5
+    state, metrics = strategy.aggregate_train(1, glob, [ClientUpdate(j.client_id, {"a": torch.ones(1)}, 1)
+                                                        for j in jobs])
+    assert state["a"].item() == pytest.approx(1.0) and metrics["dp_denominator"] == len(jobs)
+
+
 def test_adaptive_clip_moves_geometrically_towards_the_quantile():
     clip = AdaptiveClip(1.0, 0.5, 0.2, count_noise=0.0)
     gen = noise_generator(0, 0, 1)

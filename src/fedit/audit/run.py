@@ -67,6 +67,10 @@ def run_audit(run: str | Path, *, seed: int = 0, records: int = 32, canaries: in
     cfg = run_dir.saved_config()
     if cfg is None:
         raise ConfigError(f"--run {run}: not a fedit run directory (no config.yaml)")
+    personal = cfg.personalization.personalization
+    if personal in ("fedsa", "dual"):   # the audit scores the shared adapter alone: not what such a client trained
+        raise ConfigError(f"--run {run}: trained with --personalization {personal}, whose clients keep part of the "
+                          "model; the audit scores the shared adapter alone and would measure nothing: not supported")
     has_canaries = (run_dir.path / CANARIES_FILE).is_file()
     record = read_canaries(run_dir.path) if canaries or has_canaries else None  # none: a one-line refusal
     if record is not None and canaries:

@@ -126,8 +126,10 @@ class DPFedAvg(StrategyWrapper):
             raise ConfigError(f"round {round_idx}: one more round would take epsilon to "
                               f"{self.epsilon(self.releases + 1):.3g}, beyond --dp-target-epsilon {self.target}")
         jobs = self.inner.configure_train(round_idx, global_state)
-        # the fixed denominator: the expected cohort under Poisson sampling, else the cohort
-        self.sampled = self.clients_per_round if self.sampling == POISSON else len(jobs)
+        # central mode's fixed denominator: the expected cohort under Poisson sampling, else the cohort (local
+        # mode's noise is each client's own: the drawn clients' mean, as without DP)
+        poisson_central = self.sampling == POISSON and self.mode == accounting.CENTRAL
+        self.sampled = self.clients_per_round if poisson_central else max(len(jobs), 1)
         # adaptive clipping: the server needs each norm before clipping, so the clients do not clip
         keys: dict[str, Any] = {} if self.adaptive is not None else {"dp_clip": float(self.clip)}
         if self.mode == accounting.LOCAL:
