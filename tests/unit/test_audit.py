@@ -72,3 +72,20 @@ def test_update_attack_fails_under_local_dp_with_huge_noise(attacked):
     assert attacked["seen"] == "local-dp" and list(attacked["views"]) == ["plain", "local-dp"]
     noisy = attacked["views"]["local-dp"]
     assert abs(noisy["auc"] - 0.5) <= 0.2 and noisy["tpr_at_1pct_fpr"] <= 0.3, noisy
+
+
+def test_dp_with_noise_multiplier_zero_is_infinite_not_no_dp(tmp_path):
+    """metrics.jsonl holds z = 0's infinite epsilon as null: the audit said the run had no DP."""
+    import json
+
+    from fedit.audit.run import accountant_epsilon
+    from fedit.cli.audit import summary_lines
+    from fedit.runners.rundir import RunDir
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"type": "round", "round": 1, "dp_epsilon": None,
+                                                        "dp_delta": 1e-5}) + "\n")
+    acc = accountant_epsilon(RunDir(tmp_path))
+    assert acc["infinite"] is True and acc["epsilon"] is None
+    upd = {"target_client": 0, "members": 2, "non_members": 2, "views": {"plain": {"auc": 0.5, "tpr_at_1pct_fpr": 0}}}
+    assert summary_lines({"update_attack": upd, "accountant": acc})[-1].startswith(
+        "accountant's epsilon: infinite (DP with noise multiplier 0)")

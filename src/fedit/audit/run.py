@@ -56,8 +56,12 @@ def accountant_epsilon(run_dir: RunDir) -> dict[str, Any]:
     if not rounds:
         return {"epsilon": None, "delta": None, "note": "no client-level DP: no finite epsilon"}
     last = rounds[-1]
-    return {"epsilon": last["dp_epsilon"], "delta": last["dp_delta"], "releases": last.get("dp_releases"),
-            "accounting": last.get("dp_accounting", "RDP, fixed-size sampling, replace-one")}
+    out = {"epsilon": last["dp_epsilon"], "delta": last["dp_delta"], "releases": last.get("dp_releases"),
+           "accounting": last.get("dp_accounting", "RDP, fixed-size sampling, replace-one")}
+    if last["dp_epsilon"] is None:   # metrics.jsonl holds an infinite epsilon (noise multiplier 0) as null
+        out.update(infinite=True, note="client-level DP with noise multiplier 0: epsilon is infinite")
+    return out
+
 
 
 def run_audit(run: str | Path, *, seed: int = 0, records: int = 32, canaries: int | None = None,

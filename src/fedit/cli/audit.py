@@ -33,7 +33,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
              f"non-members): " + "; ".join(f"{name}: AUC {v['auc']:.3f}, TPR at 1% FPR {v['tpr_at_1pct_fpr']:.3f}"
                                           for name, v in upd["views"].items())]
     acc = result["accountant"]
-    eps = "none (no DP)" if acc["epsilon"] is None else f"{acc['epsilon']:.3g} at delta {acc['delta']:g}"
+    eps = ("infinite (DP with noise multiplier 0)" if acc.get("infinite") else "none (no DP)"
+           if acc["epsilon"] is None else f"{acc['epsilon']:.3g} at delta {acc['delta']:g}")
     if "canaries" in result:
         c = result["canaries"]
         lines.append(f"canaries: exposure {c['exposure_mean']:.2f} bits on average (max {c['max_exposure']:.2f}; "

@@ -23,6 +23,7 @@ def audit_rows(out: Path, audits: dict[str, dict[str, Any]]) -> list[list[str]]:
         can = a.get("canaries")
         for view, v in a["update_attack"]["views"].items():
             rows.append([run, view, f"{v['auc']:.3f}", f"{v['tpr_at_1pct_fpr']:.3f}",
+                         "infinite (z = 0)" if a["accountant"].get("infinite") else
                          "none (no DP)" if eps is None else f"{eps:.3g}",
                          f"{can['epsilon_lower_bound']:.3g}" if can else "no canaries",
                          f"{can['exposure_mean']:.2f} of {can['max_exposure']:.2f}" if can else ""])
