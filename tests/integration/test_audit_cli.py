@@ -4,6 +4,7 @@ recorded choices, the printed summary, and the one-line refusals."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -37,6 +38,13 @@ def test_audit_of_a_run_with_canaries_writes_audit_json_and_refuses_bad_requests
     can = audit["canaries"]
     assert len(can["exposure"]) == 3 and all(0 <= e <= 2 for e in can["exposure"]) and can["max_exposure"] == 2
     assert can["epsilon_lower_bound"] >= 0 and can["delta"] == 1e-5 and can["confidence"] == 0.95
+    # the summary figures are those of the canaries listed (not only in range)
+    rows = can["per_canary"]
+    assert [r["name"] for r in rows if r["inserted"]] == [c["name"] for c in record["canaries"] if c["inserted"]]
+    assert can["exposure"] == [r["exposure"] for r in rows if r["inserted"]]
+    assert can["exposure_mean"] == pytest.approx(sum(can["exposure"]) / 3)
+    ranks = [2 - math.log2(k) for k in (1, 2, 3, 4)]             # exposure = log2(R + 1) - log2(rank), R = 3
+    assert all(any(r["exposure"] == pytest.approx(e) for e in ranks) for r in rows)
     assert audit["accountant"]["epsilon"] is None                  # no DP in this run
 
     assert main(["audit", "--run", str(out), "--audit-canaries", "4"]) == 2
