@@ -87,6 +87,8 @@ def views(trainer: Any, cfg: Config, num_clients: int, state: AdapterState, roun
     others = [c for c in cohort if c != target][:len(cohort) - 1]
     trained = [(seen, len(data_of(target)))] + [
         train_view(trainer, cfg, strategy, state, round_idx, c, data_of(c), config)[1:] for c in others]
+    if cfg.privacy.dp:   # DP-FedAvg's secure sum weighs every client equally (its sensitivity is one clip)
+        trained = [(s, 1) for s, _ in trained]
     total = sum(n for _, n in trained)
     mean = {k: sum(s[k].float() * (n / total) for s, n in trained) for k in state}
     return out + [View(name, mean, [target] + others)]
