@@ -11,15 +11,10 @@ import dataclasses
 from typing import Any, Sequence
 
 from fedit.client.job import ClientJob, ClientUpdate, Scalar
+from fedit.client.personal import CONFIG_KEY, is_b
 from fedit.config import Config
 from fedit.model import AdapterState
 from fedit.server.strategy import Strategy, StrategyWrapper
-
-CONFIG_KEY = "personalization"
-
-
-def is_b(key: str) -> bool:
-    return ".lora_B." in key
 
 
 class Personalized(StrategyWrapper):
